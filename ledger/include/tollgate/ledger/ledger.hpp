@@ -1,0 +1,380 @@
+// tollgate's money core: users, keys, credit grants, holds, charges, usage
+// events and billing periods. See ledger/README.md for the tables, the
+// invariants and the concurrency model.
+//
+// The interface is storage-neutral: nothing here names SQLite, so another
+// backend (PostgreSQL, for several instances) can be added inside ledger/src/
+// without touching callers.
+//
+// Contract shared by every mutating call: the decision (admission, draw-down,
+// idempotency) is made at once, in memory, exactly; the returned `commit_seq`
+// names the group commit that will persist it. `wait_durable(seq)` blocks
+// until it is on disk and `on_durable(seq, fn)` calls back instead. A caller
+// must not act on a result outside tollgate (forward a call upstream, send a
+// charge header) before it is durable.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tollgate::ledger {
+
+using time_ms = std::int64_t;  // Unix milliseconds, UTC
+using commit_seq = std::uint64_t;
+
+// Largest amount one operation may move ($1e9), and the largest magnitude a
+// balance or debt may reach: sums stay far from int64 overflow.
+inline constexpr std::int64_t max_amount_micros = 1'000'000'000'000'000;
+inline constexpr std::int64_t max_balance_micros = 1'000'000'000'000'000'000;
+
+enum class grant_kind : std::uint8_t { refund = 0, bonus = 1, allocated = 2, purchased = 3 };
+inline constexpr int grant_kind_count = 4;
+std::string_view to_string(grant_kind kind);
+std::optional<grant_kind> parse_grant_kind(std::string_view text);
+int default_priority(grant_kind kind);
+
+enum class durability : std::uint8_t { normal, full };
+
+enum class result : std::uint8_t {
+    ok,
+    unknown_user,
+    user_exists,
+    unknown_tier,
+    invalid_argument,
+    invalid_amount,        // zero, negative or above max_amount_micros
+    amount_overflow,       // the operation would push a balance past the int64-safe range
+    insufficient_credits,
+    grant_expired,         // an expiry at or before now
+    unknown_hold,
+    hold_closed,           // already settled, released or expired
+    duplicate_request,     // a hold with this request id is open
+    idempotency_conflict,  // key or event id seen with a different request
+    unknown_charge,        // refund target not found or not this user's
+    refund_exceeds_charge,
+    unknown_key,
+    storage_failed,        // a commit failed: the ledger stops accepting work
+};
+std::string_view to_string(result code);
+
+struct tier {
+    std::string id;
+    std::string name;
+    std::int64_t price_micros = 0;
+    std::int64_t monthly_credits_micros = 0;
+    std::string models;  // "free" or "all"
+    std::int64_t markup_paid_bps = 0;
+    std::int64_t markup_free_micros_per_token = 0;
+    bool byok_available = false;
+    int rollover_percent = 0;
+    std::int64_t default_overage_limit_micros = 0;
+};
+
+struct balance {
+    std::int64_t user_id = 0;
+    std::int64_t balance_micros = 0;  // remaining grants - debt
+    std::int64_t reserved_micros = 0;
+    std::int64_t available_micros = 0;  // balance + overage limit - reserved
+    std::int64_t debt_micros = 0;
+    std::int64_t overage_limit_micros = 0;
+    std::array<std::int64_t, grant_kind_count> by_kind_micros{};  // indexed by grant_kind
+};
+
+struct user_record {
+    std::int64_t id = 0;
+    std::string email;
+    std::string name;
+    std::string status;  // active, suspended, deleted
+    time_ms created_at_ms = 0;
+};
+
+struct subscription {
+    std::int64_t user_id = 0;
+    std::string tier;
+    std::string option;  // credits or byok
+    time_ms anchor_ms = 0;
+    time_ms period_start_ms = 0;
+    time_ms period_end_ms = 0;
+    std::optional<std::string> pending_tier;
+};
+
+struct key_record {
+    std::int64_t id = 0;
+    std::int64_t user_id = 0;
+    std::string key_hash;  // bytes of the keyed hash; the secret is never stored
+    std::string key_prefix;
+    std::string name;
+    std::string kind = "user";  // user or service
+    std::string scopes;
+    std::int64_t rpm_limit = 600;
+    time_ms created_at_ms = 0;
+    std::optional<time_ms> revoked_at_ms;
+};
+
+struct transaction {
+    std::int64_t id = 0;
+    std::int64_t user_id = 0;
+    std::string type;  // grant, charge, deduct, expire, refund, reconcile, debt
+    std::optional<grant_kind> kind;
+    std::int64_t amount_micros = 0;  // signed effect on the balance
+    std::int64_t debt_delta_micros = 0;
+    std::int64_t balance_after_micros = 0;
+    std::optional<std::int64_t> grant_id;
+    std::string actor;
+    std::string reason;
+    std::optional<std::int64_t> usage_event_id;
+    time_ms created_at_ms = 0;
+};
+
+struct transaction_page {
+    std::vector<transaction> rows;
+    std::optional<std::int64_t> next_cursor;  // pass back as `after_id`
+};
+
+struct transaction_query {
+    std::int64_t user_id = 0;
+    std::optional<std::int64_t> after_id;  // newest first: rows with id < after_id
+    int limit = 50;                        // 1..200
+    std::optional<std::string> type;
+    std::optional<time_ms> from_ms;  // inclusive
+    std::optional<time_ms> to_ms;    // exclusive
+};
+
+// What an upstream call (or an external event) used; written with its charge.
+struct usage_event {
+    std::string request_id;
+    std::optional<std::int64_t> key_id;
+    std::string service = "chat";
+    std::string upstream;
+    std::string model;
+    std::int64_t prompt_tokens = 0;
+    std::int64_t completion_tokens = 0;
+    std::int64_t cached_tokens = 0;
+    std::int64_t reasoning_tokens = 0;
+    std::int64_t units = 0;
+    std::int64_t provider_cost_micros = 0;
+    std::int64_t markup_micros = 0;
+    std::string price_source = "catalog";  // upstream, catalog, estimated, fixed
+    std::string catalog_hash;
+    std::string status = "ok";
+    std::int64_t latency_ms = 0;
+};
+
+struct new_user {
+    std::string email;
+    std::string name;
+    std::string tier = "free";
+    std::string actor = "admin";
+};
+
+struct grant_request {
+    std::int64_t user_id = 0;
+    grant_kind kind = grant_kind::bonus;
+    std::int64_t amount_micros = 0;
+    std::optional<time_ms> expires_at_ms;
+    std::optional<int> priority;  // default_priority(kind) when unset
+    std::string source = "admin";
+    std::string actor = "admin";
+    std::string reason;
+    std::string idempotency_key;  // empty: none; else scoped by the caller
+};
+
+struct deduct_request {
+    std::int64_t user_id = 0;
+    std::int64_t amount_micros = 0;
+    std::string event_id;  // required, unique forever
+    std::string service = "deduct";
+    std::string actor = "admin";
+    std::string reason;
+};
+
+struct refund_request {
+    std::int64_t user_id = 0;
+    std::int64_t amount_micros = 0;
+    std::optional<std::int64_t> usage_event_id;  // one of these two
+    std::optional<std::int64_t> transaction_id;
+    std::string actor = "admin";
+    std::string reason;
+    std::string idempotency_key;
+};
+
+struct user_outcome {
+    result code = result::ok;
+    std::int64_t user_id = 0;
+    commit_seq seq = 0;
+};
+
+struct grant_outcome {
+    result code = result::ok;
+    std::int64_t grant_id = 0;
+    std::int64_t transaction_id = 0;
+    std::int64_t balance_micros = 0;
+    bool replayed = false;
+    commit_seq seq = 0;
+};
+
+struct hold_outcome {
+    result code = result::ok;
+    std::int64_t hold_id = 0;
+    std::int64_t available_micros = 0;  // at the decision; on refusal, what there was
+    commit_seq seq = 0;
+};
+
+struct charge_outcome {
+    result code = result::ok;
+    std::int64_t usage_event_id = 0;
+    std::int64_t charged_micros = 0;
+    std::int64_t first_transaction_id = 0;
+    std::int64_t balance_micros = 0;
+    std::int64_t available_micros = 0;  // deduct refusals: what there was
+    bool replayed = false;
+    commit_seq seq = 0;
+};
+
+struct simple_outcome {
+    result code = result::ok;
+    commit_seq seq = 0;
+};
+
+struct maintenance_outcome {
+    result code = result::ok;
+    std::int64_t count = 0;  // holds released, grants expired, periods rolled
+    commit_seq seq = 0;
+};
+
+struct check_report {
+    bool ok = true;
+    std::int64_t users_checked = 0;
+    std::int64_t grants_checked = 0;
+    std::int64_t transactions_checked = 0;
+    std::vector<std::string> problems;  // empty when ok
+};
+
+struct options {
+    std::string path = "tollgate.db";
+    durability sync = durability::normal;
+    // Injectable clock so tests can live through a year in milliseconds.
+    std::function<time_ms()> clock;
+    std::int64_t hold_ttl_ms = 15 * 60 * 1000;
+    std::size_t max_batch_ops = 8192;
+    // The server holds an exclusive lock on the database; tests that open two
+    // ledgers on one file on purpose can turn it off.
+    bool take_lock = true;
+};
+
+enum class open_error : std::uint8_t {
+    none,
+    locked,           // another process holds the database
+    not_a_database,   // corrupt, truncated or not SQLite
+    schema_too_new,   // written by a newer tollgate
+    migration_failed,
+    check_failed,     // conservation check failed: refuse to serve
+    io_error,
+};
+std::string_view to_string(open_error error);
+
+class ledger;
+
+struct open_result {
+    std::unique_ptr<ledger> value;
+    open_error error = open_error::none;
+    std::string message;  // for the operator: what is wrong and what to do
+};
+
+// Schema management without opening a ledger (the `migrate` command).
+struct migrate_result {
+    open_error error = open_error::none;
+    std::string message;
+    int from_version = 0;
+    int to_version = 0;
+};
+migrate_result migrate(const std::string& path);
+int schema_version_of_binary();
+
+// Read-only conservation check; safe on a live database (another process
+// may be writing it). Does not take the lock.
+check_report check_database(const std::string& path);
+
+class ledger {
+public:
+    // Opens (creating and migrating if needed), takes the lock, rebuilds the
+    // in-memory book, releases holds a crash left open (audit-logged), and
+    // runs the conservation check; refuses when it fails.
+    static open_result open(options opts);
+
+    ~ledger();
+    ledger(const ledger&) = delete;
+    ledger& operator=(const ledger&) = delete;
+
+    time_ms now_ms() const;
+    // Holds a previous process left open, released by this open().
+    std::int64_t orphaned_holds_released() const;
+
+    // --- durability -------------------------------------------------------
+    void wait_durable(commit_seq seq);  // returns at once for seq 0
+    // `fn(ok)` runs on the writer thread once the batch holding seq is
+    // committed (ok) or failed; keep it short (post to your executor).
+    void on_durable(commit_seq seq, std::function<void(bool ok)> fn);
+    void flush();  // waits for everything submitted so far
+    bool failed() const;
+
+    // --- users, subscriptions and keys ------------------------------------
+    user_outcome create_user(const new_user& request);
+    std::optional<user_record> find_user(std::int64_t user_id);
+    std::optional<subscription> find_subscription(std::int64_t user_id);
+    simple_outcome set_overage_limit(std::int64_t user_id, std::int64_t overage_limit_micros);
+    simple_outcome set_user_status(std::int64_t user_id, const std::string& status);
+
+    std::vector<tier> tiers();
+    std::optional<tier> find_tier(const std::string& tier_id);
+
+    // `key.id` and `created_at_ms` are assigned; returns the id.
+    std::pair<result, std::int64_t> create_key(key_record key);
+    std::optional<key_record> find_key_by_hash(std::string_view key_hash);
+    std::vector<key_record> list_keys(std::int64_t user_id);
+    simple_outcome revoke_key(std::int64_t key_id);
+
+    // --- money -------------------------------------------------------------
+    grant_outcome grant(const grant_request& request);
+
+    // Admission: a hold of `max_micros` is taken only if available covers it.
+    hold_outcome reserve(std::int64_t user_id, std::int64_t max_micros, std::string_view request_id);
+    // Charges `charged_micros` in full (even above the hold: the rest becomes
+    // debt), releases the rest of the hold, writes the usage event and its
+    // daily rollup, all in one commit.
+    charge_outcome settle(std::int64_t hold_id, std::int64_t charged_micros, const usage_event& usage);
+    simple_outcome release(std::int64_t hold_id);
+
+    // Immediate debit with no hold; refused when available does not cover it.
+    // `event_id` is unique forever: a replay with the same request returns
+    // the first result, a different request is idempotency_conflict.
+    charge_outcome deduct(const deduct_request& request);
+    // A `refund` grant linked to the charge it corrects; refunds of one charge
+    // never add up to more than it.
+    grant_outcome refund(const refund_request& request);
+
+    // --- maintenance ---------------------------------------------------------
+    maintenance_outcome expire_holds();   // holds past their expiry are released
+    maintenance_outcome expire_grants();  // grants past expires_at lose their remainder
+    maintenance_outcome roll_periods();   // every subscription whose period ended
+
+    // --- reads ---------------------------------------------------------------
+    std::optional<balance> get_balance(std::int64_t user_id);
+    transaction_page transactions(const transaction_query& query);
+    std::int64_t open_hold_count();
+    // Proves SPEC section 4 against what is committed (flushes first).
+    check_report check();
+
+    struct impl;
+
+private:
+    explicit ledger(std::unique_ptr<impl> p);
+    std::unique_ptr<impl> impl_;
+};
+
+}  // namespace tollgate::ledger

@@ -1,0 +1,272 @@
+// The ledger's inside. Read ledger/README.md first: it explains who owns
+// which piece of state and why admission can be exact without a database
+// round trip.
+#pragma once
+
+#include "sqlite.hpp"
+#include "tollgate/ledger/ledger.hpp"
+
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+namespace tollgate::ledger {
+
+// ---------------------------------------------------------------------------
+// The book: the in-memory truth that admission and draw-down decide on.
+// Guarded by impl::mu_. Rebuilt from the database at open.
+
+struct grant_state {
+    std::int64_t id = 0;
+    grant_kind kind = grant_kind::bonus;
+    int priority = 0;
+    std::int64_t remaining_micros = 0;
+    std::optional<time_ms> expires_at_ms;
+    time_ms created_at_ms = 0;
+};
+
+// SPEC 3 draw-down order: priority ascending, then earliest expiry (never
+// last), then creation time, then id.
+bool draws_before(const grant_state& a, const grant_state& b);
+
+struct subscription_state {
+    std::string tier;
+    std::string option = "credits";
+    time_ms anchor_ms = 0;
+    time_ms period_start_ms = 0;
+    time_ms period_end_ms = 0;
+    std::optional<std::string> pending_tier;
+};
+
+struct user_book {
+    std::int64_t id = 0;
+    std::vector<grant_state> grants;  // remaining > 0, in draw-down order
+    std::int64_t balance_micros = 0;  // sum(remaining) - debt, kept in step
+    std::int64_t debt_micros = 0;
+    std::int64_t reserved_micros = 0;
+    std::int64_t overage_limit_micros = 0;
+    std::optional<subscription_state> sub;
+    user_record record;
+
+    std::int64_t available_micros() const { return balance_micros + overage_limit_micros - reserved_micros; }
+};
+
+struct hold_state {
+    std::int64_t id = 0;
+    std::int64_t user_id = 0;
+    std::int64_t amount_micros = 0;
+    time_ms created_at_ms = 0;
+    time_ms expires_at_ms = 0;
+    std::string request_id;
+};
+
+// ---------------------------------------------------------------------------
+// The batch: rows decided under mu_ and waiting for the writer. Coalescing
+// maps keep only the newest value of a cached row (a grant's remaining, a
+// user's figures, a hold's state), so a batch of N calls on one user writes
+// that user's row once.
+
+struct txn_row {
+    std::int64_t id = 0;
+    std::int64_t user_id = 0;
+    const char* type = "";
+    std::int64_t amount_micros = 0;
+    std::int64_t debt_delta_micros = 0;
+    std::int64_t balance_after_micros = 0;
+    std::optional<std::int64_t> grant_id;
+    std::string actor;
+    std::string reason;
+    std::optional<std::string> idempotency_key;
+    std::optional<std::int64_t> usage_event_id;
+    time_ms created_at_ms = 0;
+};
+
+struct grant_row {
+    std::int64_t id = 0;
+    std::int64_t user_id = 0;
+    grant_kind kind = grant_kind::bonus;
+    std::int64_t amount_micros = 0;
+    int priority = 0;
+    time_ms effective_at_ms = 0;
+    std::optional<time_ms> expires_at_ms;
+    std::string source;
+    std::optional<std::int64_t> refund_of_event_id;
+    time_ms created_at_ms = 0;
+};
+
+struct hold_row {
+    std::int64_t user_id = 0;
+    std::string request_id;
+    std::int64_t amount_micros = 0;
+    const char* state = "held";
+    time_ms created_at_ms = 0;
+    time_ms expires_at_ms = 0;
+    std::optional<time_ms> closed_at_ms;
+};
+
+struct usage_row {
+    std::int64_t id = 0;
+    std::optional<std::int64_t> hold_id;
+    std::optional<std::string> event_id;
+    std::int64_t user_id = 0;
+    usage_event usage;
+    std::int64_t charged_micros = 0;
+    std::string fingerprint;
+    time_ms created_at_ms = 0;
+};
+
+struct credits_row {
+    std::int64_t balance_micros = 0;
+    std::int64_t reserved_micros = 0;
+    std::int64_t debt_micros = 0;
+    std::int64_t overage_limit_micros = 0;
+};
+
+struct rollup_key {
+    std::int64_t user_id;
+    std::string day;
+    std::string service;
+    std::string model;
+    bool operator<(const rollup_key& o) const {
+        return std::tie(user_id, day, service, model) < std::tie(o.user_id, o.day, o.service, o.model);
+    }
+};
+
+struct rollup_delta {
+    std::int64_t requests = 0;
+    std::int64_t prompt_tokens = 0;
+    std::int64_t completion_tokens = 0;
+    std::int64_t provider_cost_micros = 0;
+    std::int64_t markup_micros = 0;
+    std::int64_t charged_micros = 0;
+    std::int64_t refunded_micros = 0;
+};
+
+struct idempotency_row {
+    std::string scope;
+    std::string key;
+    std::string fingerprint;
+    std::string result;
+    time_ms created_at_ms = 0;
+};
+
+struct write_batch {
+    std::vector<std::function<void(sql::database&)>> statements;  // users, keys, subscriptions, audit: in order
+    std::vector<grant_row> grants;
+    std::unordered_map<std::int64_t, hold_row> holds;
+    std::vector<usage_row> usage;
+    std::vector<txn_row> transactions;
+    std::unordered_map<std::int64_t, std::int64_t> grant_remaining;
+    std::unordered_map<std::int64_t, credits_row> credits;
+    std::map<rollup_key, rollup_delta> rollups;
+    std::vector<idempotency_row> idempotency;
+    std::size_t operations = 0;
+
+    bool empty() const { return operations == 0; }
+    void clear();
+};
+
+// ---------------------------------------------------------------------------
+
+struct ledger::impl {
+    ~impl();
+    options opts;
+    std::int64_t orphans_released = 0;
+    std::unique_ptr<sql::database> writer_db;
+    int lock_fd = -1;
+
+    // --- the book and the pending batch (mu_) ---
+    std::mutex mu;
+    std::condition_variable work_cv;   // writer waits for work
+    std::condition_variable space_cv;  // callers wait while the pending batch is full
+    std::unordered_map<std::int64_t, user_book> users;
+    std::unordered_map<std::string, std::int64_t> user_by_email;
+    std::unordered_map<std::int64_t, hold_state> holds;
+    std::unordered_map<std::string, std::int64_t> hold_by_request;
+    std::unordered_map<std::string, tier> tiers_by_id;
+    std::int64_t next_user_id = 1, next_grant_id = 1, next_txn_id = 1, next_hold_id = 1, next_event_id = 1,
+                 next_key_id = 1;
+    write_batch pending;
+    commit_seq pending_seq = 1;
+    bool stopping = false;
+
+    // --- durability (durable_mu) ---
+    std::mutex durable_mu;
+    std::condition_variable durable_cv;
+    commit_seq durable_seq = 0;
+    bool failed = false;
+    std::string failure;
+    std::vector<std::pair<commit_seq, std::function<void(bool)>>> callbacks;
+
+    // Serialises the calls that must consult committed history before they
+    // decide (idempotency keys, external event ids, refund totals). They are
+    // admin-rate calls; each waits for its own commit before letting the next
+    // one look.
+    std::mutex external_mu;
+
+    // --- readers ---
+    std::mutex readers_mu;
+    std::vector<std::unique_ptr<sql::database>> idle_readers;
+
+    std::thread writer;
+
+    time_ms now() const { return opts.clock ? opts.clock() : system_now_ms(); }
+    static time_ms system_now_ms();
+
+    // Writer side.
+    void run_writer();
+    void write(write_batch& batch);
+
+    // Book side: every helper below requires mu held. Each appends the rows
+    // its change needs to `pending` and returns the sequence number of the
+    // batch that will hold them.
+    commit_seq stage();  // counts an operation in the pending batch
+    void stage_credits(const user_book& u);
+    void stage_grant_remaining(const grant_state& g);
+    std::int64_t stage_txn(user_book& u, const char* type, std::int64_t amount_micros, std::int64_t debt_delta_micros,
+                           std::optional<std::int64_t> grant_id, const std::string& actor, const std::string& reason,
+                           std::optional<std::int64_t> usage_event_id, time_ms at);
+    // Adds a grant, pays debt from it first, returns (grant id, txn id).
+    std::pair<std::int64_t, std::int64_t> add_grant(user_book& u, const grant_row& row, const char* txn_type,
+                                                    const std::string& actor, const std::string& reason,
+                                                    std::optional<std::int64_t> usage_event_id);
+    // Draws `amount_micros` in draw-down order; beyond the grants it becomes
+    // debt. Returns the first transaction id (0 when amount is 0).
+    std::int64_t draw(user_book& u, std::int64_t amount_micros, const char* type, const std::string& actor,
+                      const std::string& reason, std::int64_t usage_event_id, time_ms at);
+    // Rolls due periods and expires due grants for one user.
+    void bring_up_to_date(user_book& u, time_ms at);
+    void expire_due_grants(user_book& u, time_ms at, bool include_period_allocation);
+    void roll_one_boundary(user_book& u);
+    void close_hold(hold_state& h, const char* state, time_ms at);
+    void stage_usage(usage_row row);
+    void mark_idempotency_key(std::int64_t txn_id, const std::string& key);
+    void stage_audit(std::string actor, std::string action, std::string target, std::string detail);
+
+    // Waiting for space keeps the pending batch bounded.
+    void wait_for_space(std::unique_lock<std::mutex>& lock);
+    bool is_failed();
+
+    // Readers.
+    struct reader_lease {
+        impl* owner;
+        std::unique_ptr<sql::database> db;
+        ~reader_lease();
+        sql::database* operator->() { return db.get(); }
+    };
+    reader_lease reader();
+
+    // Open.
+    void load();
+    void release_orphaned_holds();
+};
+
+// Schema management shared by open() and migrate().
+migrate_result apply_migrations(sql::database& db);
+void configure_connection(sql::database& db, durability sync, bool writer);
+check_report run_check(sql::database& db);
+int acquire_lock(const std::string& path, std::string& message);  // -1 when held
+
+}  // namespace tollgate::ledger

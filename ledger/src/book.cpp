@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <limits>
 
 namespace tollgate::ledger {
 
@@ -124,13 +125,14 @@ std::int64_t ledger::impl::draw(user_book& u, std::int64_t amount_micros, const 
 }
 
 void ledger::impl::expire_due_grants(user_book& u, time_ms at, bool include_period_allocation) {
-    const auto period_end = u.sub ? std::optional<time_ms>(u.sub->period_end_ms) : std::nullopt;
+    const time_ms period_end = u.sub ? u.sub->period_end_ms : std::numeric_limits<time_ms>::min();
     bool changed = false;
     for (auto it = u.grants.begin(); it != u.grants.end();) {
         const bool due = it->expires_at_ms && *it->expires_at_ms <= at;
         // The period's allocation (allocated credit expiring at the period
         // end) is the roll's to expire: it decides what rolls over first.
-        const bool period_allocation = it->kind == grant_kind::allocated && it->expires_at_ms == period_end;
+        const bool period_allocation =
+            it->kind == grant_kind::allocated && it->expires_at_ms && *it->expires_at_ms == period_end;
         if (due && (include_period_allocation || !period_allocation)) {
             u.balance_micros -= it->remaining_micros;
             stage_txn(u, "expire", -it->remaining_micros, 0, it->id, "tollgate", "grant expired", std::nullopt,

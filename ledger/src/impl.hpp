@@ -199,6 +199,7 @@ struct ledger::impl {
     bool failed = false;
     std::string failure;
     std::vector<std::pair<commit_seq, std::function<void(bool)>>> callbacks;
+    writer_stats stats;
 
     // Serialises the calls that must consult committed history before they
     // decide (idempotency keys, external event ids, refund totals). They are

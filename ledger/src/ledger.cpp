@@ -832,6 +832,33 @@ std::int64_t ledger::open_hold_count() {
     return static_cast<std::int64_t>(impl_->holds.size());
 }
 
+usage_summary ledger::summarize_usage(std::int64_t user_id, const std::string& from_day, const std::string& to_day) {
+    usage_summary out;
+    auto db = impl_->reader();
+    auto s = db->prepare(
+        "SELECT service, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(provider_cost_micros), "
+        "SUM(markup_micros), SUM(charged_micros), SUM(refunded_micros) FROM usage_daily "
+        "WHERE user_id = ?1 AND day >= ?2 AND day <= ?3 GROUP BY service ORDER BY service");
+    s->bind(1, user_id).bind(2, from_day).bind(3, to_day);
+    while (s->step()) {
+        usage_totals t{s->int64(1), s->int64(2), s->int64(3), s->int64(4), s->int64(5), s->int64(6), s->int64(7)};
+        out.total.requests += t.requests;
+        out.total.prompt_tokens += t.prompt_tokens;
+        out.total.completion_tokens += t.completion_tokens;
+        out.total.provider_cost_micros += t.provider_cost_micros;
+        out.total.markup_micros += t.markup_micros;
+        out.total.charged_micros += t.charged_micros;
+        out.total.refunded_micros += t.refunded_micros;
+        out.by_service.emplace_back(s->text(0), t);
+    }
+    return out;
+}
+
+writer_stats ledger::stats() {
+    std::lock_guard lock(impl_->durable_mu);
+    return impl_->stats;
+}
+
 check_report ledger::check() {
     flush();
     auto db = impl_->reader();

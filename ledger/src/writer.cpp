@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 namespace tollgate::ledger {
 
 void ledger::impl::run_writer() {
@@ -30,12 +32,18 @@ void ledger::impl::run_writer() {
             failed = true;
             failure = e.what();
         }
+        const auto batch_operations = writing.operations;
         writing.clear();
 
         std::vector<std::function<void(bool)>> ready;
         {
             std::lock_guard lock(durable_mu);
-            if (ok) durable_seq = seq;
+            if (ok) {
+                durable_seq = seq;
+                ++stats.commits;
+                stats.operations += batch_operations;
+                stats.largest_batch = std::max<std::uint64_t>(stats.largest_batch, batch_operations);
+            }
             auto keep = callbacks.begin();
             for (auto& entry : callbacks) {
                 if (entry.first <= seq || failed) {

@@ -2,6 +2,8 @@
 // the conservation check.
 #include "test_support.hpp"
 
+#include <fmt/format.h>
+
 using namespace tollgate;
 using namespace tollgate::testing;
 using ledger::grant_kind;
@@ -558,4 +560,47 @@ TEST_CASE("one writer: a second open and migrate refuse while the lock is held",
     CHECK(m.error == ledger::open_error::none);
     CHECK(m.from_version == ledger::schema_version_of_binary());
     CHECK(m.to_version == m.from_version);
+}
+
+TEST_CASE("usage events roll up by day, service and model; summaries read the rollups", "[ledger]") {
+    temp_dir dir;
+    manual_clock clock;
+    auto l = open_ledger(dir.file("t.db"), clock);
+    const auto user = make_user(*l, "a@example.com", "starter");
+    const auto settle = [&](const char* service, const char* model, std::int64_t cost, std::int64_t prompt) {
+        const auto h = l->reserve(user, 1000, fmt::format("r{}", clock.now->load()));
+        REQUIRE(h.code == result::ok);
+        const auto s = l->settle(h.hold_id, cost,
+                                 {.service = service, .model = model, .prompt_tokens = prompt, .completion_tokens = 2,
+                                  .provider_cost_micros = cost - 1, .markup_micros = 1});
+        REQUIRE(s.code == result::ok);
+        clock.advance(1);
+        return s.usage_event_id;
+    };
+    const auto ev = settle("chat", "a", 100, 10);
+    settle("chat", "b", 200, 20);
+    settle("search", "", 1000, 0);
+    clock.advance(day_ms);  // 2026-01-16
+    settle("chat", "a", 50, 5);
+    REQUIRE(l->refund({.user_id = user, .amount_micros = 30, .usage_event_id = ev}).code == result::ok);
+
+    const auto both = l->summarize_usage(user, "2026-01-15", "2026-01-16");
+    CHECK(both.total.requests == 4);
+    CHECK(both.total.charged_micros == 1350);
+    CHECK(both.total.provider_cost_micros == 1346);
+    CHECK(both.total.markup_micros == 4);
+    CHECK(both.total.prompt_tokens == 35);
+    CHECK(both.total.completion_tokens == 8);
+    CHECK(both.total.refunded_micros == 30);
+    REQUIRE(both.by_service.size() == 2);
+    CHECK(both.by_service[0].first == "chat");
+    CHECK(both.by_service[0].second.charged_micros == 350);
+    CHECK(both.by_service[1].first == "search");
+    CHECK(both.by_service[1].second.requests == 1);
+    const auto first_day = l->summarize_usage(user, "2026-01-15", "2026-01-15");
+    CHECK(first_day.total.requests == 3);
+    CHECK(first_day.total.refunded_micros == 0);  // refunds count on the day they happen
+    CHECK(l->summarize_usage(user, "2026-02-01", "2026-02-28").total.requests == 0);
+    CHECK(l->stats().commits > 0);
+    require_ledger_ok(*l);
 }

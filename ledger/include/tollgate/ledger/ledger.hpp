@@ -247,6 +247,28 @@ struct maintenance_outcome {
     commit_seq seq = 0;
 };
 
+// Usage totals from the daily rollups (never from raw events).
+struct usage_totals {
+    std::int64_t requests = 0;
+    std::int64_t prompt_tokens = 0;
+    std::int64_t completion_tokens = 0;
+    std::int64_t provider_cost_micros = 0;
+    std::int64_t markup_micros = 0;
+    std::int64_t charged_micros = 0;
+    std::int64_t refunded_micros = 0;
+};
+
+struct usage_summary {
+    usage_totals total;
+    std::vector<std::pair<std::string, usage_totals>> by_service;  // sorted by service
+};
+
+struct writer_stats {
+    std::uint64_t commits = 0;
+    std::uint64_t operations = 0;
+    std::uint64_t largest_batch = 0;
+};
+
 struct check_report {
     bool ok = true;
     std::int64_t users_checked = 0;
@@ -367,6 +389,9 @@ public:
     std::optional<balance> get_balance(std::int64_t user_id);
     transaction_page transactions(const transaction_query& query);
     std::int64_t open_hold_count();
+    // Days are UTC `YYYY-MM-DD`, both ends included.
+    usage_summary summarize_usage(std::int64_t user_id, const std::string& from_day, const std::string& to_day);
+    writer_stats stats();
     // Proves SPEC section 4 against what is committed (flushes first).
     check_report check();
 

@@ -1,0 +1,182 @@
+// Bad input: every refusal is a named result, leaves no partial write, and
+// never crashes; damaged database files are named errors at open.
+#include "test_support.hpp"
+
+#include <sqlite3.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+using namespace tollgate;
+using namespace tollgate::testing;
+using ledger::grant_kind;
+using ledger::result;
+
+namespace {
+
+std::int64_t count_rows(const std::string& path, const char* table) {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    sqlite3_stmt* s = nullptr;
+    const std::string sql = std::string("SELECT COUNT(*) FROM ") + table;
+    REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &s, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_step(s) == SQLITE_ROW);
+    const auto n = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return n;
+}
+
+void exec_sql(const std::string& path, const char* sql) {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+    char* err = nullptr;
+    const int rc = sqlite3_exec(db, sql, nullptr, nullptr, &err);
+    INFO((err ? err : ""));
+    sqlite3_free(err);
+    sqlite3_close(db);
+    REQUIRE(rc == SQLITE_OK);
+}
+
+std::string make_populated_db(const temp_dir& dir, const manual_clock& clock) {
+    const auto path = dir.file("populated.db");
+    auto l = open_ledger(path, clock);
+    for (int i = 0; i < 200; ++i) {
+        const auto u = l->create_user({.email = "u" + std::to_string(i) + "@example.com"}).user_id;
+        const auto h = l->reserve(u, 100, "r" + std::to_string(i));
+        l->settle(h.hold_id, 77, {.model = "m"});
+    }
+    require_ledger_ok(*l);
+    return path;
+}
+
+}  // namespace
+
+TEST_CASE("refused operations write nothing", "[ledger]") {
+    temp_dir dir;
+    manual_clock clock;
+    const auto path = dir.file("t.db");
+    auto l = open_ledger(path, clock);
+    const auto user = l->create_user({.email = "a@example.com"}).user_id;
+    l->flush();
+    const auto txns_before = count_rows(path, "credit_transactions");
+    const auto grants_before = count_rows(path, "credit_grants");
+    const auto before = *l->get_balance(user);
+
+    const std::int64_t amounts[] = {0, -1, std::numeric_limits<std::int64_t>::min(),
+                                    std::numeric_limits<std::int64_t>::max(), ledger::max_amount_micros + 1};
+    for (const auto amount : amounts) {
+        CAPTURE(amount);
+        CHECK(l->grant({.user_id = user, .amount_micros = amount}).code == result::invalid_amount);
+        CHECK(l->reserve(user, amount, "x").code == result::invalid_amount);
+        CHECK(l->deduct({.user_id = user, .amount_micros = amount, .event_id = "e"}).code == result::invalid_amount);
+        CHECK(l->refund({.user_id = user, .amount_micros = amount, .usage_event_id = 1}).code ==
+              result::invalid_amount);
+    }
+    CHECK(l->settle(1, -5, {}).code == result::invalid_amount);
+    CHECK(l->grant({.user_id = 424242, .amount_micros = 5}).code == result::unknown_user);
+    CHECK(l->grant({.user_id = -1, .amount_micros = 5}).code == result::unknown_user);
+    CHECK(l->grant({.user_id = user, .amount_micros = 5, .expires_at_ms = 0}).code == result::grant_expired);
+    CHECK(l->grant({.user_id = user, .amount_micros = 5, .expires_at_ms = clock.now->load() - 1}).code ==
+          result::grant_expired);
+    CHECK(l->deduct({.user_id = user, .amount_micros = 5, .event_id = std::string(10'000, 'e')}).code ==
+          result::invalid_argument);
+    CHECK(l->settle(-3, 5, {}).code == result::unknown_hold);
+    CHECK(l->release(0).code == result::unknown_hold);
+    CHECK(l->set_user_status(user, "banana").code == result::invalid_argument);
+    const auto h = l->reserve(user, 10, "h");
+    CHECK(l->settle(h.hold_id, 5, {.prompt_tokens = -1}).code == result::invalid_argument);
+    l->release(h.hold_id);
+
+    // Overflow: a balance may not grow past max_balance_micros.
+    for (int i = 0; i < 999; ++i) {
+        REQUIRE(l->grant({.user_id = user, .kind = grant_kind::purchased, .amount_micros = ledger::max_amount_micros})
+                    .code == result::ok);
+    }
+    const auto at_limit = *l->get_balance(user);
+    CHECK(l->grant({.user_id = user, .amount_micros = ledger::max_amount_micros}).code == result::amount_overflow);
+    CHECK(l->get_balance(user)->balance_micros == at_limit.balance_micros);
+    l->flush();
+    CHECK(count_rows(path, "credit_transactions") == txns_before + 999);
+    CHECK(count_rows(path, "credit_grants") == grants_before + 999);
+    CHECK(before.balance_micros + 999 * ledger::max_amount_micros == at_limit.balance_micros);
+    require_ledger_ok(*l);
+}
+
+TEST_CASE("a file that is not a database is refused by name", "[ledger]") {
+    temp_dir dir;
+    const auto path = dir.file("garbage.db");
+    {
+        std::ofstream out(path, std::ios::binary);
+        std::mt19937 rng(7);
+        for (int i = 0; i < 64 * 1024; ++i) out.put(static_cast<char>(rng()));
+    }
+    const auto r = ledger::ledger::open({.path = path});
+    CHECK_FALSE(r.value);
+    CHECK(r.error == ledger::open_error::not_a_database);
+    CHECK_FALSE(r.message.empty());
+    CHECK(ledger::migrate(path).error == ledger::open_error::not_a_database);
+    CHECK_FALSE(ledger::check_database(path).ok);
+}
+
+TEST_CASE("a truncated database is refused by name, not served", "[ledger]") {
+    temp_dir dir;
+    manual_clock clock;
+    const auto path = make_populated_db(dir, clock);
+    const auto size = std::filesystem::file_size(path);
+    REQUIRE(size > 8192);
+    std::filesystem::resize_file(path, size / 2);
+    auto r = ledger::ledger::open({.path = path});
+    CHECK_FALSE(r.value);
+    CHECK((r.error == ledger::open_error::not_a_database || r.error == ledger::open_error::check_failed));
+    CHECK_FALSE(ledger::check_database(path).ok);
+}
+
+TEST_CASE("a database from a newer tollgate is refused", "[ledger]") {
+    temp_dir dir;
+    manual_clock clock;
+    const auto path = make_populated_db(dir, clock);
+    exec_sql(path, "PRAGMA user_version = 999");
+    const auto r = ledger::ledger::open({.path = path});
+    CHECK_FALSE(r.value);
+    CHECK(r.error == ledger::open_error::schema_too_new);
+    CHECK(r.message.find("999") != std::string::npos);
+    CHECK(ledger::migrate(path).error == ledger::open_error::schema_too_new);
+}
+
+TEST_CASE("a ledger whose figures do not add up is refused at open", "[ledger]") {
+    temp_dir dir;
+    manual_clock clock;
+    const auto path = make_populated_db(dir, clock);
+    exec_sql(path, "UPDATE user_credits SET balance_micros = balance_micros + 1 WHERE user_id = 7");
+    const auto report = ledger::check_database(path);
+    CHECK_FALSE(report.ok);
+    REQUIRE_FALSE(report.problems.empty());
+    CHECK(report.problems.front().find("user 7") != std::string::npos);
+    const auto r = ledger::ledger::open({.path = path});
+    CHECK_FALSE(r.value);
+    CHECK(r.error == ledger::open_error::check_failed);
+    CHECK(r.message.find("user 7") != std::string::npos);
+
+    exec_sql(path, "UPDATE user_credits SET balance_micros = balance_micros - 1 WHERE user_id = 7");
+    exec_sql(path, "UPDATE credit_grants SET remaining_micros = remaining_micros - 5 WHERE id = 3");
+    CHECK_FALSE(ledger::check_database(path).ok);
+}
+
+TEST_CASE("migrate is idempotent and check-ledger reads a fresh database", "[ledger]") {
+    temp_dir dir;
+    const auto path = dir.file("fresh.db");
+    const auto first = ledger::migrate(path);
+    REQUIRE(first.error == ledger::open_error::none);
+    CHECK(first.from_version == 0);
+    CHECK(first.to_version == ledger::schema_version_of_binary());
+    const auto second = ledger::migrate(path);
+    CHECK(second.error == ledger::open_error::none);
+    CHECK(second.from_version == second.to_version);
+    CHECK(count_rows(path, "tiers") == 4);
+    const auto report = ledger::check_database(path);
+    CHECK(report.ok);
+    CHECK(report.users_checked == 0);
+    CHECK_FALSE(ledger::check_database(dir.file("missing.db")).ok);
+}

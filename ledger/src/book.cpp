@@ -145,7 +145,10 @@ void ledger::impl::expire_due_grants(user_book& u, time_ms at, bool include_peri
             ++it;
         }
     }
-    if (changed) stage_credits(u);
+    if (changed) {
+        stage_credits(u);
+        stage();  // counted on its own: the call that got here may yet be refused
+    }
 }
 
 void ledger::impl::roll_one_boundary(user_book& u) {

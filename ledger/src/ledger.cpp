@@ -151,10 +151,11 @@ ledger::impl::~impl() {
 
 time_ms ledger::now_ms() const { return impl_->now(); }
 
-void ledger::wait_durable(commit_seq seq) {
-    if (seq == 0) return;
+bool ledger::wait_durable(commit_seq seq) {
+    if (seq == 0) return true;
     std::unique_lock lock(impl_->durable_mu);
     impl_->durable_cv.wait(lock, [&] { return impl_->durable_seq >= seq || impl_->failed; });
+    return impl_->durable_seq >= seq;
 }
 
 void ledger::on_durable(commit_seq seq, std::function<void(bool)> fn) {
@@ -174,7 +175,7 @@ void ledger::flush() {
         std::lock_guard lock(impl_->mu);
         seq = impl_->pending.empty() ? impl_->pending_seq - 1 : impl_->pending_seq;
     }
-    wait_durable(seq);
+    (void)wait_durable(seq);  // flush has nothing to act on; failed() tells
 }
 
 bool ledger::failed() const { return impl_->is_failed(); }
@@ -329,8 +330,7 @@ std::pair<result, std::int64_t> ledger::create_key(key_record key) {
         seq = m.stage();
     }
     // A key is only usable once it is on disk; callers get it durable.
-    wait_durable(seq);
-    if (m.is_failed()) return {result::storage_failed, 0};
+    if (!wait_durable(seq)) return {result::storage_failed, 0};
     return {result::ok, key.id};
 }
 
@@ -480,8 +480,7 @@ grant_outcome ledger::grant(const grant_request& r) {
     }
     if (external.owns_lock()) {
         // The next caller with this key must find it committed.
-        wait_durable(out.seq);
-        if (m.is_failed()) return {result::storage_failed};
+        if (!wait_durable(out.seq)) return {result::storage_failed};
     }
     return out;
 }
@@ -633,8 +632,7 @@ charge_outcome ledger::deduct(const deduct_request& r) {
         m.stage_usage(std::move(row));
         out.seq = m.stage();
     }
-    wait_durable(out.seq);
-    if (m.is_failed()) return {result::storage_failed};
+    if (!wait_durable(out.seq)) return {result::storage_failed};
     return out;
 }
 
@@ -712,8 +710,7 @@ grant_outcome ledger::refund(const refund_request& r) {
         m.pending.rollups[rollup_key{u.id, civil::format_day(at), service, model}].refunded_micros += r.amount_micros;
         out.seq = m.stage();
     }
-    wait_durable(out.seq);
-    if (m.is_failed()) return {result::storage_failed};
+    if (!wait_durable(out.seq)) return {result::storage_failed};
     return out;
 }
 

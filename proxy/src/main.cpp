@@ -98,7 +98,10 @@ int run_demo(const std::string& path) {
     if (!ids.empty()) {
         // One metered call for the starter user: hold, then settle.
         const auto hold = l.reserve(ids[1], 250'000, "demo-request-1");
-        l.wait_durable(hold.seq);
+        if (!l.wait_durable(hold.seq)) {
+            fmt::print(stderr, "tollgate demo: the ledger failed to commit\n");
+            return 1;
+        }
         ledger::usage_event usage{.request_id = "", .model = "openai/gpt-4o-mini", .prompt_tokens = 1200,
                                   .completion_tokens = 300, .provider_cost_micros = 360, .markup_micros = 36};
         l.settle(hold.hold_id, 396, usage);

@@ -57,8 +57,8 @@ constexpr int round_count = normal_rounds + full_rounds;
 constexpr int full_round_every = round_count / full_rounds;  // every 6th round runs with durability::full
 // The kill comes 2-60 ms after the child's open() returned; in some rounds
 // 2-60 ms after the fork instead, which often lands inside open() itself
-// (migrations on the first round, WAL recovery, the orphaned-hold release)
-// since a debug-build open takes 10-40 ms.
+// (migrations on the first round, WAL recovery, the orphaned-hold release,
+// the conservation check), since a debug-build open takes tens of ms.
 constexpr int min_kill_delay_ms = 2;
 constexpr int max_kill_delay_ms = 60;
 constexpr int kill_from_fork_percent = 20;
@@ -132,11 +132,9 @@ private:
     int fd_;
 };
 
-// wait_durable also returns when the ledger failed: only a healthy ledger
-// makes the wait a durability promise.
+// wait_durable returns false when the ledger failed instead of committing.
 void wait_durable_or_fail(ledger::ledger& l, ledger::commit_seq seq, const report_pipe& out, const char* what) {
-    l.wait_durable(seq);
-    if (l.failed()) out.fail(fmt::format("{}: ledger failed before its commit was durable", what));
+    if (!l.wait_durable(seq)) out.fail(fmt::format("{}: ledger failed before its commit was durable", what));
 }
 
 struct charge_ref {
@@ -172,7 +170,7 @@ void child_worker(ledger::ledger& l, const child_plan& plan, int thread_index,
             const auto g = l.grant(r);
             if (g.code != result::ok) out.fail(fmt::format("grant: {}", ledger::to_string(g.code)));
             wait_durable_or_fail(l, g.seq, out, "grant");
-            out.line(fmt::format("grant {} {} {} {} {} {} {}", g.grant_id, g.transaction_id, user,
+            out.line(fmt::format("grant {} {} {} {} {} {} {} {}", g.seq, g.grant_id, g.transaction_id, user,
                                  static_cast<int>(r.kind), r.amount_micros, r.expires_at_ms.value_or(-1),
                                  r.idempotency_key.empty() ? "-" : r.idempotency_key));
         } else if (dice < 70) {  // reserve, then settle, release or leave open
@@ -192,19 +190,19 @@ void child_worker(ledger::ledger& l, const child_plan& plan, int thread_index,
                 const auto s = l.settle(h.hold_id, charged, usage);
                 if (s.code != result::ok) out.fail(fmt::format("settle: {}", ledger::to_string(s.code)));
                 wait_durable_or_fail(l, s.seq, out, "settle");
-                out.line(fmt::format("settle {} {} {} {} {}", h.hold_id, s.usage_event_id, user, charged,
+                out.line(fmt::format("settle {} {} {} {} {} {}", s.seq, h.hold_id, s.usage_event_id, user, charged,
                                      s.first_transaction_id));
                 charges.push_back({s.usage_event_id, s.first_transaction_id, user, charged});
             } else if (dice < 65 || open_holds >= max_open_holds_per_thread) {
                 const auto r = l.release(h.hold_id);
                 if (r.code != result::ok) out.fail(fmt::format("release: {}", ledger::to_string(r.code)));
                 wait_durable_or_fail(l, r.seq, out, "release");
-                out.line(fmt::format("release {}", h.hold_id));
+                out.line(fmt::format("release {} {}", r.seq, h.hold_id));
             } else {
                 // Never touched again: the kill leaves it open for the next open() to release.
                 ++open_holds;
                 wait_durable_or_fail(l, h.seq, out, "reserve");
-                out.line(fmt::format("hold {} {} {}", h.hold_id, user, max_micros));
+                out.line(fmt::format("hold {} {} {} {}", h.seq, h.hold_id, user, max_micros));
             }
         } else if (dice < 90) {  // deduct with a unique event id
             ledger::deduct_request r;
@@ -218,8 +216,8 @@ void child_worker(ledger::ledger& l, const child_plan& plan, int thread_index,
                 out.fail(fmt::format("deduct: {} replayed={}", ledger::to_string(d.code), d.replayed));
             }
             wait_durable_or_fail(l, d.seq, out, "deduct");
-            out.line(fmt::format("deduct {} {} {} {} {}", r.event_id, user, r.amount_micros, d.usage_event_id,
-                                 d.first_transaction_id));
+            out.line(fmt::format("deduct {} {} {} {} {} {}", d.seq, r.event_id, user, r.amount_micros,
+                                 d.usage_event_id, d.first_transaction_id));
             charges.push_back({d.usage_event_id, d.first_transaction_id, user, r.amount_micros});
         } else {  // refund part of a charge this thread saw durable, by event or by transaction
             if (charges.empty()) continue;
@@ -238,8 +236,8 @@ void child_worker(ledger::ledger& l, const child_plan& plan, int thread_index,
             if (g.code != result::ok) out.fail(fmt::format("refund: {}", ledger::to_string(g.code)));
             wait_durable_or_fail(l, g.seq, out, "refund");
             c.refundable_micros -= r.amount_micros;
-            out.line(fmt::format("refund {} {} {} {} {}", g.grant_id, g.transaction_id, c.user_id, r.amount_micros,
-                                 c.usage_event_id));
+            out.line(fmt::format("refund {} {} {} {} {} {}", g.seq, g.grant_id, g.transaction_id, c.user_id,
+                                 r.amount_micros, c.usage_event_id));
         }
     }
 }
@@ -268,7 +266,7 @@ void child_worker(ledger::ledger& l, const child_plan& plan, int thread_index,
             const auto u = l.create_user({.email = fmt::format("u{}-{}@crash.test", plan.round, i), .tier = tier});
             if (u.code != result::ok) out.fail(fmt::format("create_user: {}", ledger::to_string(u.code)));
             wait_durable_or_fail(l, u.seq, out, "create_user");
-            out.line(fmt::format("user {}", u.user_id));
+            out.line(fmt::format("user {} {}", u.seq, u.user_id));
             users.push_back(u.user_id);
         }
 
@@ -398,7 +396,15 @@ struct child_log {
     std::vector<hold_line> holds;
     std::vector<deduct_line> deducts;
     std::vector<refund_line> refunds;
+    // Operations per group commit (commit numbers restart with each open).
+    std::map<ledger::commit_seq, std::size_t> operations_by_commit;
 
+    // Operations that shared their group commit with another reported one.
+    std::size_t operations_in_shared_commits() const {
+        std::size_t n = 0;
+        for (const auto& [seq, count] : operations_by_commit) n += count > 1 ? count : 0;
+        return n;
+    }
     std::size_t durable_operations() const {
         return users.size() + grants.size() + settles.size() + releases.size() + holds.size() + deducts.size() +
                refunds.size();
@@ -422,19 +428,30 @@ child_log parse_child_output(const std::string& text) {
     std::istringstream lines(text);
     std::string line;
     while (std::getline(lines, line)) {
+        INFO("child line: " << line);
         std::istringstream in(line);
         std::string word;
         in >> word;
-        bool parsed = true;
+        if (word == "error") {
+            log.errors.push_back(line);
+            continue;
+        }
+        if (word == "done") {
+            log.done = true;
+            continue;
+        }
         if (word == "opened") {
             std::int64_t n = 0;
-            parsed = static_cast<bool>(in >> n);
+            REQUIRE(static_cast<bool>(in >> n));
             log.orphans_at_open = n;
-        } else if (word == "done") {
-            log.done = true;
-        } else if (word == "error") {
-            log.errors.push_back(line);
-        } else if (word == "user") {
+            continue;
+        }
+        // Every operation line starts with the commit that made it durable.
+        ledger::commit_seq seq = 0;
+        REQUIRE(static_cast<bool>(in >> seq));
+        ++log.operations_by_commit[seq];
+        bool parsed = true;
+        if (word == "user") {
             std::int64_t id = 0;
             parsed = static_cast<bool>(in >> id);
             log.users.push_back(id);
@@ -445,10 +462,10 @@ child_log parse_child_output(const std::string& text) {
             if (g.key == "-") g.key.clear();
             log.grants.push_back(g);
         } else if (word == "settle") {
-            settle_line s{};
-            parsed = static_cast<bool>(in >> s.hold_id >> s.usage_event_id >> s.user_id >> s.charged_micros >>
-                                       s.first_transaction_id);
-            log.settles.push_back(s);
+            settle_line x{};
+            parsed = static_cast<bool>(in >> x.hold_id >> x.usage_event_id >> x.user_id >> x.charged_micros >>
+                                       x.first_transaction_id);
+            log.settles.push_back(x);
         } else if (word == "release") {
             std::int64_t id = 0;
             parsed = static_cast<bool>(in >> id);
@@ -470,7 +487,6 @@ child_log parse_child_output(const std::string& text) {
         } else {
             parsed = false;
         }
-        INFO("child line: " << line);
         REQUIRE(parsed);
     }
     return log;
@@ -639,6 +655,7 @@ TEST_CASE("a SIGKILL at any moment loses nothing that was durable and leaves no 
     int killed_before_open = 0, finished_unkilled = 0;
     std::int64_t orphans_released = 0;
     std::size_t verified_in_rounds = 0;
+    std::size_t operations_in_shared_commits = 0, largest_commit = 0;
 
     for (int round = 0; round < round_count; ++round) {
         const bool full = round % full_round_every == full_round_every - 1;
@@ -651,9 +668,9 @@ TEST_CASE("a SIGKILL at any moment loses nothing that was durable and leaves no 
         plan.seed = rng();
         plan.users = users;
         const int kill_delay_ms = static_cast<int>(uniform(rng, min_kill_delay_ms, max_kill_delay_ms));
-        const bool kill_during_open = uniform(rng, 1, 100) <= kill_from_fork_percent;
+        const bool kill_from_fork = uniform(rng, 1, 100) <= kill_from_fork_percent;
         INFO("round " << round << (full ? " full" : " normal") << ", " << plan.threads << " threads, kill "
-                      << kill_delay_ms << " ms after " << (kill_during_open ? "fork" : "open") << ", verify "
+                      << kill_delay_ms << " ms after " << (kill_from_fork ? "fork" : "open") << ", verify "
                       << (verify_snapshot ? "snapshot" : "in place"));
 
         // Fork first: the parent has no ledger open and no thread running.
@@ -673,7 +690,7 @@ TEST_CASE("a SIGKILL at any moment loses nothing that was durable and leaves no 
 
         std::string output;
         auto kill_at = forked_at + std::chrono::milliseconds(kill_delay_ms);
-        if (!kill_during_open) {
+        if (!kill_from_fork) {
             read_until(read_end.get(), forked_at + std::chrono::milliseconds(max_open_wait_ms), output, true);
             kill_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(kill_delay_ms);
         }
@@ -702,6 +719,8 @@ TEST_CASE("a SIGKILL at any moment loses nothing that was durable and leaves no 
         }
         users.insert(users.end(), log.users.begin(), log.users.end());
         everything.append(log);
+        operations_in_shared_commits += log.operations_in_shared_commits();
+        for (const auto& [seq, count] : log.operations_by_commit) largest_commit = std::max(largest_commit, count);
 
         // Reopen and prove (a), (b), (c). The clock is real time, as the child's was.
         const std::string& verify_path = verify_snapshot ? snapshot_path : path;
@@ -737,10 +756,10 @@ TEST_CASE("a SIGKILL at any moment loses nothing that was durable and leaves no 
     WARN(fmt::format(
         "crash test: seed {}, {} rounds ({} normal, {} full), {} killed before open() returned, {} finished unkilled; "
         "{} durable operations verified after their own crash and {} again at the end ({} grants, {} settles, "
-        "{} releases, {} holds left open, {} deducts, {} refunds, {} users); {} orphaned holds released; "
-        "{} transactions checked; {} ms",
+        "{} releases, {} holds left open, {} deducts, {} refunds, {} users); {} of them shared their group commit "
+        "with another (largest commit: {}); {} orphaned holds released; {} transactions checked; {} ms",
         seed, round_count, normal_rounds, full_rounds, killed_before_open, finished_unkilled, verified_in_rounds,
         verified_at_end, everything.grants.size(), everything.settles.size(), everything.releases.size(),
         everything.holds.size(), everything.deducts.size(), everything.refunds.size(), everything.users.size(),
-        orphans_released, report.transactions_checked, elapsed_ms));
+        operations_in_shared_commits, largest_commit, orphans_released, report.transactions_checked, elapsed_ms));
 }

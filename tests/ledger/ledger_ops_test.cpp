@@ -512,7 +512,7 @@ TEST_CASE("keys are stored by hash and can be revoked", "[ledger]") {
     CHECK(l->create_key({.user_id = user, .key_hash = ""}).first == result::invalid_argument);
     const auto revoked = l->revoke_key(id);
     REQUIRE(revoked.code == result::ok);
-    l->wait_durable(revoked.seq);
+    REQUIRE(l->wait_durable(revoked.seq));
     CHECK(l->find_key_by_hash(hash)->revoked_at_ms == clock.now->load());
     CHECK(l->list_keys(user).size() == 1);
     CHECK(l->revoke_key(12345).code == result::unknown_key);
@@ -530,7 +530,7 @@ TEST_CASE("state survives reopening; orphaned holds are released and audited", "
         charge(*l, user, 2'500'000, "done");
         const auto open = l->reserve(user, 4'000'000, "in-flight");
         REQUIRE(open.code == result::ok);
-        l->wait_durable(open.seq);
+        REQUIRE(l->wait_durable(open.seq));
     }
     auto l = open_ledger(path, clock);
     CHECK(l->orphaned_holds_released() == 1);

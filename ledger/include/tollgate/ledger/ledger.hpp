@@ -338,7 +338,10 @@ public:
     std::int64_t orphaned_holds_released() const;
 
     // --- durability -------------------------------------------------------
-    void wait_durable(commit_seq seq);  // returns at once for seq 0
+    // Blocks until the batch holding `seq` is committed: true. False when the
+    // ledger failed instead (see failed()): the result is not on disk and
+    // must not be acted upon. Returns true at once for seq 0.
+    [[nodiscard]] bool wait_durable(commit_seq seq);
     // `fn(ok)` runs on the writer thread once the batch holding seq is
     // committed (ok) or failed; keep it short (post to your executor).
     void on_durable(commit_seq seq, std::function<void(bool ok)> fn);

@@ -2,6 +2,7 @@
 // summary is with many events. Prints figures; asserts nothing.
 //
 //   ledger_bench [--requests N] [--concurrency C] [--events N] [--dir PATH]
+//                [--sync normal|full] [--users 1|10000] [--naive off]
 //
 // 1. reserve -> await durable -> settle -> await durable, as the proxy does,
 //    with C requests in flight driven by durability callbacks, for WAL
@@ -95,6 +96,7 @@ struct run_result {
     double avg_batch = 0;
     std::uint64_t largest_batch = 0;
     std::int64_t refused = 0;
+    double writer_busy = 0;  // share of the run the writer spent writing
 };
 
 run_result run_ledger(const std::string& path, ledger::durability sync, int users, int requests, int concurrency) {
@@ -127,7 +129,7 @@ run_result run_ledger(const std::string& path, ledger::durability sync, int user
         if (i >= requests) return;
         const auto user = ids[static_cast<std::size_t>(i) % ids.size()];
         const auto t0 = clock_type::now();
-        const auto hold = l.reserve(user, 20'000, fmt::format("req-{}", i));
+        const auto hold = l.reserve(user, 20'000, fmt::format("req-{:012}", i));
         if (hold.code != ledger::result::ok) {
             ++refused;
             if (done.fetch_add(1) + 1 == requests) done_cv.notify_all();
@@ -176,6 +178,7 @@ run_result run_ledger(const std::string& path, ledger::durability sync, int user
     r.avg_batch = commits ? static_cast<double>(after.operations - before.operations) / static_cast<double>(commits) : 0;
     r.largest_batch = after.largest_batch;
     r.refused = refused.load();
+    r.writer_busy = static_cast<double>(after.busy_micros - before.busy_micros) / (seconds * 1e6);
     return r;
 }
 
@@ -223,7 +226,7 @@ double run_naive(const std::string& path, ledger::durability sync, int users, in
     const auto t0 = clock_type::now();
     for (int i = 0; i < requests; ++i) {
         const std::int64_t user = i % users + 1;
-        const auto request = fmt::format("req-{}", i);
+        const auto request = fmt::format("req-{:012}", i);
         sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr);
         sqlite3_bind_int64(hold, 1, user);
         sqlite3_bind_int64(hold, 2, 20'000);
@@ -346,25 +349,37 @@ int main(int argc, char** argv) {
     int concurrency = 1024;
     std::int64_t events = 10'000'000;
     std::string dir = std::filesystem::temp_directory_path().string();
+    std::string only_sync;   // normal or full; empty: both
+    int only_users = 0;      // 1 or 10000; 0: both
+    bool naive = true;
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string flag = argv[i];
         if (flag == "--requests") requests = std::atoi(argv[i + 1]);
         else if (flag == "--concurrency") concurrency = std::atoi(argv[i + 1]);
         else if (flag == "--events") events = std::atoll(argv[i + 1]);
         else if (flag == "--dir") dir = argv[i + 1];
+        else if (flag == "--sync") only_sync = argv[i + 1];
+        else if (flag == "--users") only_users = std::atoi(argv[i + 1]);
+        else if (flag == "--naive") naive = std::string(argv[i + 1]) != "off";
     }
     const std::string path = (std::filesystem::path(dir) / "tollgate-ledger-bench.db").string();
     fmt::print("ledger_bench: {} requests, {} in flight, {} hardware threads\n\n", requests, concurrency,
                std::thread::hardware_concurrency());
-    fmt::print("{:<8} {:>7} | {:>12} {:>10} {:>10} {:>11} {:>11} {:>9} | {:>12} {:>7}\n", "sync", "users",
-               "settled/s", "hold p50", "hold p99", "settle p50", "settle p99", "avg batch", "naive req/s", "ratio");
+    fmt::print("{:<8} {:>7} | {:>12} {:>10} {:>10} {:>11} {:>11} {:>9} {:>7} | {:>12} {:>7}\n", "sync", "users",
+               "settled/s", "hold p50", "hold p99", "settle p50", "settle p99", "avg batch", "writer", "naive req/s",
+               "ratio");
     for (const auto sync : {ledger::durability::normal, ledger::durability::full}) {
+        const char* sync_name = sync == ledger::durability::full ? "full" : "normal";
+        if (!only_sync.empty() && only_sync != sync_name) continue;
         for (const int users : {1, 10'000}) {
+            if (only_users != 0 && only_users != users) continue;
             const auto r = run_ledger(path, sync, users, requests, concurrency);
-            const double naive = run_naive(path, sync, users, std::min(requests, 20'000));
-            fmt::print("{:<8} {:>7} | {:>12.0f} {:>8.0f}us {:>8.0f}us {:>9.0f}us {:>9.0f}us {:>9.1f} | {:>12.0f} {:>6.1f}x\n",
-                       sync == ledger::durability::full ? "full" : "normal", users, r.settled_per_s, r.hold_p50_us,
-                       r.hold_p99_us, r.settle_p50_us, r.settle_p99_us, r.avg_batch, naive, r.settled_per_s / naive);
+            const double naive_per_s = naive ? run_naive(path, sync, users, std::min(requests, 20'000)) : 0.0;
+            fmt::print(
+                "{:<8} {:>7} | {:>12.0f} {:>8.0f}us {:>8.0f}us {:>9.0f}us {:>9.0f}us {:>9.1f} {:>6.0f}% | {:>12.0f} "
+                "{:>6.1f}x\n",
+                sync_name, users, r.settled_per_s, r.hold_p50_us, r.hold_p99_us, r.settle_p50_us, r.settle_p99_us,
+                r.avg_batch, r.writer_busy * 100, naive_per_s, naive ? r.settled_per_s / naive_per_s : 0.0);
             std::fflush(stdout);
         }
     }

@@ -106,7 +106,6 @@ CREATE TABLE credit_transactions (
 ) STRICT;
 CREATE INDEX credit_transactions_by_user_time ON credit_transactions(user_id, created_at_ms, id);
 CREATE INDEX credit_transactions_by_user_id ON credit_transactions(user_id, id);
-CREATE INDEX credit_transactions_by_grant ON credit_transactions(grant_id) WHERE grant_id IS NOT NULL;
 CREATE INDEX credit_transactions_by_event ON credit_transactions(usage_event_id) WHERE usage_event_id IS NOT NULL;
 
 CREATE TABLE reservations (
@@ -120,12 +119,11 @@ CREATE TABLE reservations (
   closed_at_ms    INTEGER
 ) STRICT;
 CREATE INDEX reservations_held ON reservations(state) WHERE state = 'held';
-CREATE INDEX reservations_by_request ON reservations(request_id);
 
 CREATE TABLE usage_events (
   id                    INTEGER PRIMARY KEY,
   hold_id               INTEGER UNIQUE REFERENCES reservations(id),  -- proxy calls: one event per hold
-  event_id              TEXT UNIQUE,        -- external events (track, deduct): unique forever
+  event_id              TEXT,               -- external events (track, deduct): unique forever (index below)
   request_id            TEXT NOT NULL,
   user_id               INTEGER NOT NULL REFERENCES users(id),
   key_id                INTEGER REFERENCES api_keys(id),
@@ -149,6 +147,8 @@ CREATE TABLE usage_events (
 ) STRICT;
 CREATE INDEX usage_events_by_user_time ON usage_events(user_id, created_at_ms);
 CREATE INDEX usage_events_by_request ON usage_events(request_id);
+-- Partial: proxy events (no event_id) cost this index nothing.
+CREATE UNIQUE INDEX usage_events_by_event_id ON usage_events(event_id) WHERE event_id IS NOT NULL;
 
 CREATE TABLE usage_daily (
   user_id               INTEGER NOT NULL REFERENCES users(id),

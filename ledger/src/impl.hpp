@@ -14,6 +14,8 @@
 
 namespace tollgate::ledger {
 
+inline constexpr int checkpoint_interval_ms = 20;
+
 // ---------------------------------------------------------------------------
 // The book: the in-memory truth that admission and draw-down decide on.
 // Guarded by impl::mu_. Rebuilt from the database at open.
@@ -212,6 +214,14 @@ struct ledger::impl {
     std::vector<std::unique_ptr<sql::database>> idle_readers;
 
     std::thread writer;
+
+    // Checkpoints copy the WAL back into the database file. They run on
+    // their own thread and connection so the writer never stalls on them.
+    std::mutex checkpoint_mu;
+    std::condition_variable checkpoint_cv;
+    bool checkpoint_stop = false;
+    std::thread checkpointer;
+    void run_checkpointer();
 
     time_ms now() const { return opts.clock ? opts.clock() : system_now_ms(); }
     static time_ms system_now_ms();

@@ -141,6 +141,12 @@ ledger::~ledger() {
     }
     impl_->work_cv.notify_all();
     if (impl_->writer.joinable()) impl_->writer.join();
+    {
+        std::lock_guard lock(impl_->checkpoint_mu);
+        impl_->checkpoint_stop = true;
+    }
+    impl_->checkpoint_cv.notify_all();
+    if (impl_->checkpointer.joinable()) impl_->checkpointer.join();
 }
 
 ledger::impl::~impl() {

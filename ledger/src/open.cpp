@@ -253,7 +253,9 @@ open_result ledger::open(options opts) {
         return out;
     }
     impl* raw = m.get();
+    m->writer_db->exec("PRAGMA wal_autocheckpoint = 0");  // the checkpointer thread does it
     m->writer = std::thread([raw] { raw->run_writer(); });
+    m->checkpointer = std::thread([raw] { raw->run_checkpointer(); });
     out.value = std::unique_ptr<ledger>(new ledger(std::move(m)));
     return out;
 }

@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include <mutex>
+
 namespace tollgate::ledger::sql {
 
 bool error::is_corruption() const {
@@ -87,7 +89,20 @@ std::optional<std::int64_t> statement::optional_int64(int column) const {
     return int64(column);
 }
 
+namespace {
+// Process-wide settings, once, before the first connection. Memory
+// statistics take a global mutex on every allocation; nothing reads them.
+void configure_library() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+        sqlite3_initialize();
+    });
+}
+}  // namespace
+
 database::database(const std::string& path, mode m) {
+    configure_library();
     const int flags = (m == mode::read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) |
                       SQLITE_OPEN_NOMUTEX;
     const int rc = sqlite3_open_v2(path.c_str(), &db_, flags, nullptr);
@@ -103,6 +118,7 @@ database::database(const std::string& path, mode m) {
 
 database::~database() {
     cache_.clear();
+    rows_cache_.clear();
     sqlite3_close_v2(db_);
 }
 
@@ -120,6 +136,23 @@ void database::exec(std::string_view sql) {
 statement_use database::prepare(const char* sql) {
     auto& slot = cache_[sql];
     if (!slot) slot = std::make_unique<statement>(db_, sql);
+    return statement_use(*slot);
+}
+
+statement_use database::prepare_rows(const char* head, const char* tail, int columns, int rows) {
+    auto& slot = rows_cache_[{head, rows}];
+    if (!slot) {
+        std::string group = "(";
+        for (int c = 0; c < columns; ++c) group += c ? ",?" : "?";
+        group += ")";
+        std::string sql = head;
+        for (int r = 0; r < rows; ++r) {
+            if (r) sql += ',';
+            sql += group;
+        }
+        sql += tail;
+        slot = std::make_unique<statement>(db_, sql);
+    }
     return statement_use(*slot);
 }
 

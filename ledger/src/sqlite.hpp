@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdint>
+#include <iterator>
+#include <map>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -83,13 +85,35 @@ public:
     void exec(std::string_view sql);
     // Cached prepared statement; `sql` must outlive the database (a literal).
     statement_use prepare(const char* sql);
+    // `head` + `rows` groups of `columns` placeholders + `tail`: one
+    // statement writes many rows (a third less work per row than one
+    // statement each). Cached by (head, rows); `head` must be a literal.
+    statement_use prepare_rows(const char* head, const char* tail, int columns, int rows);
     std::int64_t scalar(const char* sql);
     sqlite3* handle() { return db_; }
 
 private:
     sqlite3* db_ = nullptr;
     std::unordered_map<const char*, std::unique_ptr<statement>> cache_;
+    std::map<std::pair<const char*, int>, std::unique_ptr<statement>> rows_cache_;
 };
+
+inline constexpr int rows_per_statement = 32;
+
+// Writes `rows` with statements of up to rows_per_statement rows each.
+// `bind(statement, first_parameter, row)` binds one row's `columns` values.
+template <class Rows, class Bind>
+void write_rows(database& db, const char* head, const char* tail, int columns, const Rows& rows, Bind bind) {
+    auto it = std::begin(rows);
+    std::size_t left = std::size(rows);
+    while (left > 0) {
+        const int n = static_cast<int>(left < rows_per_statement ? left : rows_per_statement);
+        auto s = db.prepare_rows(head, tail, columns, n);
+        for (int r = 0; r < n; ++r, ++it) bind(*s, r * columns + 1, *it);
+        s->run();
+        left -= static_cast<std::size_t>(n);
+    }
+}
 
 // BEGIN IMMEDIATE ... COMMIT, rolled back when the scope exits by exception.
 class write_transaction {

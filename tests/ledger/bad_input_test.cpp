@@ -4,6 +4,8 @@
 
 #include <sqlite3.h>
 
+#include <fmt/format.h>
+
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -43,8 +45,8 @@ std::string make_populated_db(const temp_dir& dir, const manual_clock& clock) {
     const auto path = dir.file("populated.db");
     auto l = open_ledger(path, clock);
     for (int i = 0; i < 200; ++i) {
-        const auto u = l->create_user({.email = "u" + std::to_string(i) + "@example.com"}).user_id;
-        const auto h = l->reserve(u, 100, "r" + std::to_string(i));
+        const auto u = l->create_user({.email = fmt::format("u{}@example.com", i)}).user_id;
+        const auto h = l->reserve(u, 100, fmt::format("r{}", i));
         l->settle(h.hold_id, 77, {.model = "m"});
     }
     require_ledger_ok(*l);

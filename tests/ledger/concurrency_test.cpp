@@ -31,7 +31,7 @@ TEST_CASE("8 threads x 10,000 equal holds on one user admit exactly N", "[ledger
     for (int t = 0; t < threads; ++t) {
         workers.emplace_back([&, t] {
             for (int i = 0; i < attempts_per_thread; ++i) {
-                const auto h = l->reserve(user, hold_micros, "t" + std::to_string(t) + "-" + std::to_string(i));
+                const auto h = l->reserve(user, hold_micros, fmt::format("t{}-{}", t, i));
                 if (h.code == result::ok) {
                     admitted[t].push_back(h.hold_id);
                 } else if (h.code == result::insufficient_credits) {
@@ -94,7 +94,7 @@ TEST_CASE("many users: concurrent reserve, settle, grants and reads stay consist
     constexpr int users = 50;
     std::vector<std::int64_t> ids;
     for (int i = 0; i < users; ++i) {
-        ids.push_back(l->create_user({.email = "u" + std::to_string(i) + "@example.com", .tier = "starter"}).user_id);
+        ids.push_back(l->create_user({.email = fmt::format("u{}@example.com", i), .tier = "starter"}).user_id);
     }
 
     constexpr int threads = 4;

@@ -267,6 +267,7 @@ struct writer_stats {
     std::uint64_t commits = 0;
     std::uint64_t operations = 0;
     std::uint64_t largest_batch = 0;
+    std::uint64_t busy_micros = 0;  // time spent writing and committing
 };
 
 struct check_report {

@@ -346,7 +346,7 @@ void bench_summary(const std::string& path, std::int64_t events) {
 
 int main(int argc, char** argv) {
     int requests = 200'000;
-    int concurrency = 1024;
+    std::vector<int> concurrencies = {1024, 4096};
     std::int64_t events = 10'000'000;
     std::string dir = std::filesystem::temp_directory_path().string();
     std::string only_sync;   // normal or full; empty: both
@@ -355,7 +355,14 @@ int main(int argc, char** argv) {
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string flag = argv[i];
         if (flag == "--requests") requests = std::atoi(argv[i + 1]);
-        else if (flag == "--concurrency") concurrency = std::atoi(argv[i + 1]);
+        else if (flag == "--concurrency") {
+            concurrencies.clear();
+            for (std::string list = argv[i + 1]; !list.empty();) {
+                const auto comma = list.find(',');
+                concurrencies.push_back(std::atoi(list.substr(0, comma).c_str()));
+                list = comma == std::string::npos ? "" : list.substr(comma + 1);
+            }
+        }
         else if (flag == "--events") events = std::atoll(argv[i + 1]);
         else if (flag == "--dir") dir = argv[i + 1];
         else if (flag == "--sync") only_sync = argv[i + 1];
@@ -363,24 +370,29 @@ int main(int argc, char** argv) {
         else if (flag == "--naive") naive = std::string(argv[i + 1]) != "off";
     }
     const std::string path = (std::filesystem::path(dir) / "tollgate-ledger-bench.db").string();
-    fmt::print("ledger_bench: {} requests, {} in flight, {} hardware threads\n\n", requests, concurrency,
+    fmt::print("ledger_bench: {} requests per run, {} hardware threads\n", requests,
                std::thread::hardware_concurrency());
-    fmt::print("{:<8} {:>7} | {:>12} {:>10} {:>10} {:>11} {:>11} {:>9} {:>7} | {:>12} {:>7}\n", "sync", "users",
-               "settled/s", "hold p50", "hold p99", "settle p50", "settle p99", "avg batch", "writer", "naive req/s",
-               "ratio");
+    fmt::print("settled/s: reserve -> durable -> settle -> durable, with N requests in flight; hold/settle: time to\n"
+               "durability; writer: share of the run the writer spent writing; naive: one transaction per step\n\n");
+    fmt::print("{:<8} {:>7} {:>6} | {:>10} {:>10} {:>10} {:>11} {:>11} {:>9} {:>7} | {:>11} {:>7}\n", "sync",
+               "users", "N", "settled/s", "hold p50", "hold p99", "settle p50", "settle p99", "avg batch", "writer",
+               "naive rq/s", "ratio");
     for (const auto sync : {ledger::durability::normal, ledger::durability::full}) {
         const char* sync_name = sync == ledger::durability::full ? "full" : "normal";
         if (!only_sync.empty() && only_sync != sync_name) continue;
         for (const int users : {1, 10'000}) {
             if (only_users != 0 && only_users != users) continue;
-            const auto r = run_ledger(path, sync, users, requests, concurrency);
             const double naive_per_s = naive ? run_naive(path, sync, users, std::min(requests, 20'000)) : 0.0;
-            fmt::print(
-                "{:<8} {:>7} | {:>12.0f} {:>8.0f}us {:>8.0f}us {:>9.0f}us {:>9.0f}us {:>9.1f} {:>6.0f}% | {:>12.0f} "
-                "{:>6.1f}x\n",
-                sync_name, users, r.settled_per_s, r.hold_p50_us, r.hold_p99_us, r.settle_p50_us, r.settle_p99_us,
-                r.avg_batch, r.writer_busy * 100, naive_per_s, naive ? r.settled_per_s / naive_per_s : 0.0);
-            std::fflush(stdout);
+            for (const int concurrency : concurrencies) {
+                const auto r = run_ledger(path, sync, users, requests, concurrency);
+                fmt::print(
+                    "{:<8} {:>7} {:>6} | {:>10.0f} {:>8.1f}ms {:>8.1f}ms {:>9.1f}ms {:>9.1f}ms {:>9.1f} {:>6.0f}% | "
+                    "{:>11.0f} {:>6.1f}x\n",
+                    sync_name, users, concurrency, r.settled_per_s, r.hold_p50_us / 1000, r.hold_p99_us / 1000,
+                    r.settle_p50_us / 1000, r.settle_p99_us / 1000, r.avg_batch, r.writer_busy * 100, naive_per_s,
+                    naive ? r.settled_per_s / naive_per_s : 0.0);
+                std::fflush(stdout);
+            }
         }
     }
     if (events > 0) bench_summary(path, events);

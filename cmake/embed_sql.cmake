@@ -3,6 +3,8 @@
 function(tollgate_embed_migrations out_file)
   file(GLOB sql_files CONFIGURE_DEPENDS "${PROJECT_SOURCE_DIR}/schema/[0-9][0-9][0-9][0-9]_*.sql")
   list(SORT sql_files)
+  # Re-embed when a migration's text changes, not only when files come and go.
+  set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${sql_files})
   set(entries "")
   set(expected 1)
   foreach(f IN LISTS sql_files)

@@ -226,3 +226,13 @@ CREATE TABLE admin_audit (
   created_at_ms   INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX admin_audit_by_time ON admin_audit(created_at_ms, id);
+
+-- History is append-only (SPEC 4.5): corrections are new rows.
+CREATE TRIGGER credit_transactions_append_only_update BEFORE UPDATE ON credit_transactions
+BEGIN SELECT RAISE(ABORT, 'credit_transactions is append-only'); END;
+CREATE TRIGGER credit_transactions_append_only_delete BEFORE DELETE ON credit_transactions
+BEGIN SELECT RAISE(ABORT, 'credit_transactions is append-only'); END;
+CREATE TRIGGER usage_events_append_only_update BEFORE UPDATE ON usage_events
+BEGIN SELECT RAISE(ABORT, 'usage_events is append-only'); END;
+CREATE TRIGGER usage_events_append_only_delete BEFORE DELETE ON usage_events
+BEGIN SELECT RAISE(ABORT, 'usage_events is append-only'); END;

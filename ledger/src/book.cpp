@@ -163,11 +163,9 @@ void ledger::impl::roll_one_boundary(user_book& u) {
     // the ending tier's monthly credits; the rest expires. Computed from the
     // monthly credits, not from what rolled over before: never compounds.
     std::int64_t unused_micros = 0;
-    std::int64_t earliest_created = boundary;
     for (auto it = u.grants.begin(); it != u.grants.end();) {
         if (it->kind == grant_kind::allocated && it->expires_at_ms == boundary) {
             unused_micros += it->remaining_micros;
-            earliest_created = std::min(earliest_created, it->created_at_ms);
             u.balance_micros -= it->remaining_micros;
             stage_txn(u, "expire", -it->remaining_micros, 0, it->id, "tollgate", "period ended", std::nullopt,
                       boundary);
@@ -237,7 +235,10 @@ void ledger::impl::close_hold(hold_state& h, const char* state, time_ms at) {
     stage_credits(u);
     pending.holds[h.id] =
         hold_row{h.user_id, h.request_id, h.amount_micros, state, h.created_at_ms, h.expires_at_ms, at};
-    hold_by_request.erase(h.request_id);
+    // An expired hold settled late no longer owns its request id.
+    if (const auto r = hold_by_request.find(h.request_id); r != hold_by_request.end() && r->second == h.id) {
+        hold_by_request.erase(r);
+    }
     holds.erase(h.id);
 }
 
@@ -251,17 +252,6 @@ void ledger::impl::stage_usage(usage_row row) {
     r.markup_micros += row.usage.markup_micros;
     r.charged_micros += row.charged_micros;
     pending.usage.push_back(std::move(row));
-}
-
-void ledger::impl::stage_audit(std::string actor, std::string action, std::string target, std::string detail) {
-    const time_ms at = now();
-    pending.statements.push_back([=](sql::database& db) {
-        auto s = db.prepare(
-            "INSERT INTO admin_audit (actor, action, target, detail, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)");
-        s->bind(1, actor).bind(2, action).bind(3, target).bind(4, detail).bind(5, at);
-        s->run();
-    });
-    stage();
 }
 
 }  // namespace tollgate::ledger

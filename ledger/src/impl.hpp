@@ -11,6 +11,7 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace tollgate::ledger {
 
@@ -187,6 +188,11 @@ struct ledger::impl {
     std::unordered_map<std::string, std::int64_t> user_by_email;
     std::unordered_map<std::int64_t, hold_state> holds;
     std::unordered_map<std::string, std::int64_t> hold_by_request;
+    // Holds closed by expiry, kept for one more TTL so a call that outlived
+    // its hold is still charged when it settles.
+    std::unordered_map<std::int64_t, hold_state> expired_holds;
+    std::unordered_set<std::int64_t> key_ids;
+    std::unordered_set<std::string> key_hashes;
     std::unordered_map<std::string, tier> tiers_by_id;
     std::int64_t next_user_id = 1, next_grant_id = 1, next_txn_id = 1, next_hold_id = 1, next_event_id = 1,
                  next_key_id = 1;
@@ -254,10 +260,12 @@ struct ledger::impl {
     void close_hold(hold_state& h, const char* state, time_ms at);
     void stage_usage(usage_row row);
     void mark_idempotency_key(std::int64_t txn_id, const std::string& key);
-    void stage_audit(std::string actor, std::string action, std::string target, std::string detail);
 
     // Waiting for space keeps the pending batch bounded.
     void wait_for_space(std::unique_lock<std::mutex>& lock);
+    // Waiting for a commit on the writer thread would wait forever: abort.
+    void refuse_on_writer_thread(const char* what) const;
+    std::thread::id writer_id;
     bool is_failed();
 
     // Readers.

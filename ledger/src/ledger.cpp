@@ -1,23 +1,46 @@
-#include "civil_time.hpp"
-#include "impl.hpp"
-
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cassert>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
 
-#include <unistd.h>
+#include "civil_time.hpp"
+#include "impl.hpp"
 
 namespace tollgate::ledger {
 
 namespace {
 
-bool valid_amount(std::int64_t amount_micros) { return amount_micros > 0 && amount_micros <= max_amount_micros; }
+bool valid_amount(std::int64_t amount_micros) {
+    return amount_micros > 0 && amount_micros <= max_amount_micros;
+}
 
 // Limit on text a caller may store (reasons, names, ids): bounded rows.
 constexpr std::size_t max_text_bytes = 4096;
-bool valid_text(std::string_view text) { return text.size() <= max_text_bytes; }
+bool valid_text(std::string_view text) {
+    return text.size() <= max_text_bytes;
+}
+
+bool valid_count(std::int64_t n) {
+    return n >= 0 && n <= max_usage_count;
+}
+
+// Everything the writer will store must be valid here: a row the database
+// refuses inside a batch would stop the ledger for every caller.
+bool valid_usage(const usage_event& u) {
+    const bool known_source = u.price_source == "upstream" || u.price_source == "catalog" ||
+                              u.price_source == "estimated" || u.price_source == "fixed";
+    return known_source && valid_text(u.model) && valid_text(u.service) && !u.service.empty() &&
+           valid_text(u.upstream) && valid_text(u.status) && valid_text(u.catalog_hash) && valid_text(u.request_id) &&
+           valid_count(u.prompt_tokens) && valid_count(u.completion_tokens) && valid_count(u.cached_tokens) &&
+           valid_count(u.reasoning_tokens) && valid_count(u.units) && u.provider_cost_micros >= 0 &&
+           u.provider_cost_micros <= max_amount_micros && u.markup_micros >= 0 &&
+           u.markup_micros <= max_amount_micros && valid_count(u.latency_ms);
+}
 
 constexpr std::size_t max_pending_operations = 1 << 18;
 
@@ -69,6 +92,7 @@ std::string_view to_string(result code) {
         case result::unknown_charge: return "unknown_charge";
         case result::refund_exceeds_charge: return "refund_exceeds_charge";
         case result::unknown_key: return "unknown_key";
+        case result::key_exists: return "key_exists";
         case result::storage_failed: return "storage_failed";
     }
     return "unknown";
@@ -107,7 +131,15 @@ bool ledger::impl::is_failed() {
 }
 
 void ledger::impl::wait_for_space(std::unique_lock<std::mutex>& lock) {
+    if (pending.operations >= max_pending_operations) refuse_on_writer_thread("a ledger call waiting for room");
     space_cv.wait(lock, [&] { return pending.operations < max_pending_operations || stopping; });
+}
+
+void ledger::impl::refuse_on_writer_thread(const char* what) const {
+    if (std::this_thread::get_id() == writer_id) {
+        std::fprintf(stderr, "tollgate ledger: %s from an on_durable callback would wait for itself; aborting\n", what);
+        std::abort();
+    }
 }
 
 ledger::impl::reader_lease::~reader_lease() {
@@ -155,24 +187,29 @@ ledger::impl::~impl() {
     if (lock_fd >= 0) ::close(lock_fd);
 }
 
-time_ms ledger::now_ms() const { return impl_->now(); }
+time_ms ledger::now_ms() const {
+    return impl_->now();
+}
 
 bool ledger::wait_durable(commit_seq seq) {
     if (seq == 0) return true;
+    impl_->refuse_on_writer_thread("wait_durable");
     std::unique_lock lock(impl_->durable_mu);
     impl_->durable_cv.wait(lock, [&] { return impl_->durable_seq >= seq || impl_->failed; });
     return impl_->durable_seq >= seq;
 }
 
 void ledger::on_durable(commit_seq seq, std::function<void(bool)> fn) {
+    bool durable = false;
     {
         std::lock_guard lock(impl_->durable_mu);
-        if (seq > impl_->durable_seq && !impl_->failed) {
+        durable = seq <= impl_->durable_seq;
+        if (!durable && !impl_->failed) {
             impl_->callbacks.emplace_back(seq, std::move(fn));
             return;
         }
     }
-    fn(seq <= impl_->durable_seq);
+    fn(durable);
 }
 
 void ledger::flush() {
@@ -184,7 +221,9 @@ void ledger::flush() {
     (void)wait_durable(seq);  // flush has nothing to act on; failed() tells
 }
 
-bool ledger::failed() const { return impl_->is_failed(); }
+bool ledger::failed() const {
+    return impl_->is_failed();
+}
 
 // --- users ------------------------------------------------------------------
 
@@ -210,7 +249,8 @@ user_outcome ledger::create_user(const new_user& request) {
     u.sub = sub;
     m.pending.statements.push_back([u_record = u.record, sub, overage = u.overage_limit_micros](sql::database& db) {
         {
-            auto s = db.prepare("INSERT INTO users (id, email, name, status, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)");
+            auto s =
+                db.prepare("INSERT INTO users (id, email, name, status, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)");
             s->bind(1, u_record.id).bind(2, u_record.email).bind(3, u_record.name).bind(4, u_record.status);
             s->bind(5, u_record.created_at_ms);
             s->run();
@@ -311,8 +351,10 @@ std::optional<tier> ledger::find_tier(const std::string& tier_id) {
 
 // --- keys -------------------------------------------------------------------
 
-std::pair<result, std::int64_t> ledger::create_key(key_record key) {
-    if (key.key_hash.empty() || key.rpm_limit <= 0 || !valid_text(key.name) || !valid_text(key.scopes)) {
+key_outcome ledger::create_key(key_record key) {
+    if (key.key_hash.empty() || !valid_text(key.key_hash) || key.rpm_limit <= 0 || key.rpm_limit > max_usage_count ||
+        !valid_text(key.name) || !valid_text(key.scopes) || !valid_text(key.key_prefix) ||
+        (key.kind != "user" && key.kind != "service")) {
         return {result::invalid_argument, 0};
     }
     auto& m = *impl_;
@@ -322,7 +364,10 @@ std::pair<result, std::int64_t> ledger::create_key(key_record key) {
         m.wait_for_space(lock);
         if (m.stopping) return {result::storage_failed, 0};
         if (!m.users.count(key.user_id)) return {result::unknown_user, 0};
+        if (m.key_hashes.count(key.key_hash)) return {result::key_exists, 0};
         key.id = m.next_key_id++;
+        m.key_ids.insert(key.id);
+        m.key_hashes.insert(key.key_hash);
         key.created_at_ms = m.now();
         m.pending.statements.push_back([key](sql::database& db) {
             auto s = db.prepare(
@@ -337,7 +382,7 @@ std::pair<result, std::int64_t> ledger::create_key(key_record key) {
     }
     // A key is only usable once it is on disk; callers get it durable.
     if (!wait_durable(seq)) return {result::storage_failed, 0};
-    return {result::ok, key.id};
+    return {result::ok, key.id};  // key_outcome
 }
 
 namespace {
@@ -358,38 +403,40 @@ key_record read_key(sql::statement& s) {
 }  // namespace
 
 std::optional<key_record> ledger::find_key_by_hash(std::string_view key_hash) {
-    auto db = impl_->reader();
-    auto s = db->prepare(
-        "SELECT id, user_id, key_hash, key_prefix, name, kind, scopes, rpm_limit, created_at_ms, revoked_at_ms "
-        "FROM api_keys WHERE key_hash = ?1");
-    s->bind_blob(1, key_hash);
-    if (!s->step()) return std::nullopt;
-    return read_key(*s);
+    try {
+        auto db = impl_->reader();
+        auto s = db->prepare(
+            "SELECT id, user_id, key_hash, key_prefix, name, kind, scopes, rpm_limit, created_at_ms, revoked_at_ms "
+            "FROM api_keys WHERE key_hash = ?1");
+        s->bind_blob(1, key_hash);
+        if (!s->step()) return std::nullopt;
+        return read_key(*s);
+    } catch (const sql::error&) {
+        return std::nullopt;
+    }
 }
 
 std::vector<key_record> ledger::list_keys(std::int64_t user_id) {
-    auto db = impl_->reader();
-    auto s = db->prepare(
-        "SELECT id, user_id, key_hash, key_prefix, name, kind, scopes, rpm_limit, created_at_ms, revoked_at_ms "
-        "FROM api_keys WHERE user_id = ?1 ORDER BY id");
-    s->bind(1, user_id);
     std::vector<key_record> out;
-    while (s->step()) out.push_back(read_key(*s));
+    try {
+        auto db = impl_->reader();
+        auto s = db->prepare(
+            "SELECT id, user_id, key_hash, key_prefix, name, kind, scopes, rpm_limit, created_at_ms, revoked_at_ms "
+            "FROM api_keys WHERE user_id = ?1 ORDER BY id");
+        s->bind(1, user_id);
+        while (s->step()) out.push_back(read_key(*s));
+    } catch (const sql::error&) {
+        out.clear();
+    }
     return out;
 }
 
 simple_outcome ledger::revoke_key(std::int64_t key_id) {
     auto& m = *impl_;
-    if (key_id <= 0) return {result::unknown_key};
-    {
-        auto db = m.reader();
-        auto s = db->prepare("SELECT 1 FROM api_keys WHERE id = ?1");
-        s->bind(1, key_id);
-        if (!s->step()) return {result::unknown_key};
-    }
     std::unique_lock lock(m.mu);
     m.wait_for_space(lock);
     if (m.stopping) return {result::storage_failed};
+    if (!m.key_ids.count(key_id)) return {result::unknown_key};
     const time_ms at = m.now();
     m.pending.statements.push_back([key_id, at](sql::database& db) {
         auto s = db.prepare("UPDATE api_keys SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL");
@@ -436,6 +483,7 @@ grant_outcome parse_grant_result(const std::string& text) {
 
 grant_outcome ledger::grant(const grant_request& r) {
     if (!valid_amount(r.amount_micros)) return {result::invalid_amount};
+    if (static_cast<int>(r.kind) >= grant_kind_count) return {result::invalid_argument};
     if (!valid_text(r.reason) || !valid_text(r.source) || !valid_text(r.actor) || !valid_text(r.idempotency_key)) {
         return {result::invalid_argument};
     }
@@ -447,10 +495,14 @@ grant_outcome ledger::grant(const grant_request& r) {
     std::unique_lock<std::mutex> external;
     if (!r.idempotency_key.empty()) {
         external = std::unique_lock(m.external_mu);
-        auto db = m.reader();
-        if (auto hit = find_idempotency(*db.db, r.idempotency_key)) {
-            if (hit->fingerprint != fingerprint) return {result::idempotency_conflict};
-            return parse_grant_result(hit->result);
+        try {
+            auto db = m.reader();
+            if (auto hit = find_idempotency(*db.db, r.idempotency_key)) {
+                if (hit->fingerprint != fingerprint) return {result::idempotency_conflict};
+                return parse_grant_result(hit->result);
+            }
+        } catch (const sql::error&) {
+            return {result::storage_failed};
         }
     }
 
@@ -520,18 +572,23 @@ hold_outcome ledger::reserve(std::int64_t user_id, std::int64_t max_micros, std:
 
 charge_outcome ledger::settle(std::int64_t hold_id, std::int64_t charged_micros, const usage_event& usage) {
     if (charged_micros < 0 || charged_micros > max_amount_micros) return {result::invalid_amount};
-    if (!valid_text(usage.model) || !valid_text(usage.service) || !valid_text(usage.upstream) ||
-        !valid_text(usage.status) || !valid_text(usage.catalog_hash) || usage.prompt_tokens < 0 ||
-        usage.completion_tokens < 0 || usage.cached_tokens < 0 || usage.reasoning_tokens < 0 || usage.units < 0) {
-        return {result::invalid_argument};
-    }
+    if (!valid_usage(usage)) return {result::invalid_argument};
     auto& m = *impl_;
     std::unique_lock lock(m.mu);
     m.wait_for_space(lock);
     if (m.stopping) return {result::storage_failed};
-    const auto it = m.holds.find(hold_id);
+    if (usage.key_id && !m.key_ids.count(*usage.key_id)) return {result::unknown_key};
+    auto it = m.holds.find(hold_id);
     if (it == m.holds.end()) {
-        return {hold_id > 0 && hold_id < m.next_hold_id ? result::hold_closed : result::unknown_hold};
+        // A call that outlived its hold is still charged in full.
+        const auto expired = m.expired_holds.find(hold_id);
+        if (expired == m.expired_holds.end()) {
+            return {hold_id > 0 && hold_id < m.next_hold_id ? result::hold_closed : result::unknown_hold};
+        }
+        auto& reopened = m.users.at(expired->second.user_id);
+        reopened.reserved_micros += expired->second.amount_micros;  // close_hold releases it again
+        it = m.holds.emplace(hold_id, std::move(expired->second)).first;
+        m.expired_holds.erase(expired);
     }
     auto& u = m.users.at(it->second.user_id);
     if (u.debt_micros + charged_micros > max_balance_micros) return {result::amount_overflow};
@@ -584,11 +641,13 @@ charge_outcome ledger::deduct(const deduct_request& r) {
     // event_id is unique forever: look in committed history, under
     // external_mu so no second call with this id can be deciding meanwhile.
     std::unique_lock external(m.external_mu);
-    {
+    try {
         auto db = m.reader();
         auto s = db->prepare(
             "SELECT e.id, e.fingerprint, e.charged_micros, "
-            "(SELECT MIN(t.id) FROM credit_transactions t WHERE t.usage_event_id = e.id) "
+            "(SELECT MIN(t.id) FROM credit_transactions t WHERE t.usage_event_id = e.id), "
+            "(SELECT t.balance_after_micros FROM credit_transactions t WHERE t.usage_event_id = e.id "
+            " AND t.type IN ('deduct', 'debt') ORDER BY t.id DESC LIMIT 1) "
             "FROM usage_events e WHERE e.event_id = ?1");
         s->bind(1, r.event_id);
         if (s->step()) {
@@ -597,10 +656,12 @@ charge_outcome ledger::deduct(const deduct_request& r) {
             out.usage_event_id = s->int64(0);
             out.charged_micros = s->int64(2);
             out.first_transaction_id = s->int64(3);
+            out.balance_micros = s->int64(4);  // the first answer's balance, not today's
             out.replayed = true;
-            if (auto b = get_balance(r.user_id)) out.balance_micros = b->balance_micros;
             return out;
         }
+    } catch (const sql::error&) {
+        return {result::storage_failed};
     }
 
     charge_outcome out;
@@ -649,9 +710,8 @@ grant_outcome ledger::refund(const refund_request& r) {
         return {result::invalid_argument};
     }
     auto& m = *impl_;
-    const std::string fingerprint =
-        fmt::format("refund|{}|{}|{}|{}|{}", r.user_id, r.amount_micros, r.usage_event_id.value_or(0),
-                    r.transaction_id.value_or(0), r.reason);
+    const std::string fingerprint = fmt::format("refund|{}|{}|{}|{}|{}", r.user_id, r.amount_micros,
+                                                r.usage_event_id.value_or(0), r.transaction_id.value_or(0), r.reason);
 
     // Refund totals are read from committed history; external_mu keeps two
     // refunds of one charge from both seeing room for themselves.
@@ -659,7 +719,7 @@ grant_outcome ledger::refund(const refund_request& r) {
     flush();  // the charge being refunded may still be in the pending batch
     std::int64_t event_id = 0, charged_micros = 0, refunded_micros = 0;
     std::string service, model;
-    {
+    try {
         auto db = m.reader();
         if (!r.idempotency_key.empty()) {
             if (auto hit = find_idempotency(*db.db, r.idempotency_key)) {
@@ -685,6 +745,8 @@ grant_outcome ledger::refund(const refund_request& r) {
         service = s->text(2);
         model = s->text(3);
         refunded_micros = s->int64(4);
+    } catch (const sql::error&) {
+        return {result::storage_failed};
     }
     if (refunded_micros + r.amount_micros > charged_micros) return {result::refund_exceeds_charge};
 
@@ -731,7 +793,15 @@ maintenance_outcome ledger::expire_holds() {
     for (const auto& [id, h] : m.holds) {
         if (h.expires_at_ms <= at) due.push_back(id);
     }
-    for (const auto id : due) m.close_hold(m.holds.at(id), "expired", at);
+    for (const auto id : due) {
+        hold_state kept = m.holds.at(id);
+        m.close_hold(m.holds.at(id), "expired", at);
+        m.expired_holds.emplace(id, std::move(kept));
+    }
+    // Past a second TTL no call can still be running for them.
+    for (auto e = m.expired_holds.begin(); e != m.expired_holds.end();) {
+        e = e->second.expires_at_ms + m.opts.hold_ttl_ms <= at ? m.expired_holds.erase(e) : std::next(e);
+    }
     maintenance_outcome out{result::ok, static_cast<std::int64_t>(due.size()), 0};
     if (!due.empty()) out.seq = m.stage();
     return out;
@@ -797,35 +867,55 @@ std::optional<balance> ledger::get_balance(std::int64_t user_id) {
 transaction_page ledger::transactions(const transaction_query& q) {
     transaction_page page;
     const int limit = std::clamp(q.limit, 1, 200);
-    auto db = impl_->reader();
-    // One fixed statement: absent filters are NULL and match everything.
-    auto s = db->prepare(
-        "SELECT t.id, t.user_id, t.type, g.kind, t.amount_micros, t.debt_delta_micros, t.balance_after_micros, "
-        "t.grant_id, t.actor, t.reason, t.usage_event_id, t.created_at_ms "
-        "FROM credit_transactions t LEFT JOIN credit_grants g ON g.id = t.grant_id "
-        "WHERE t.user_id = ?1 AND (?2 IS NULL OR t.id < ?2) AND (?3 IS NULL OR t.type = ?3) "
-        "AND (?4 IS NULL OR t.created_at_ms >= ?4) AND (?5 IS NULL OR t.created_at_ms < ?5) "
-        "ORDER BY t.id DESC LIMIT ?6");
-    s->bind(1, q.user_id).bind(2, q.after_id).bind(3, q.type).bind(4, q.from_ms).bind(5, q.to_ms).bind(6, limit + 1);
-    while (s->step()) {
-        if (static_cast<int>(page.rows.size()) == limit) {
-            page.next_cursor = page.rows.back().id;
-            break;
+    const bool time_window = q.from_ms || q.to_ms;
+    try {
+        auto db = impl_->reader();
+        // Two fixed statements, each with bounds an index can use: newest
+        // first by id for plain paging, by time for a window.
+        auto s = time_window
+                     ? db->prepare(
+                           "SELECT t.id, t.user_id, t.type, g.kind, t.amount_micros, t.debt_delta_micros, "
+                           "t.balance_after_micros, t.grant_id, t.actor, t.reason, t.usage_event_id, t.created_at_ms "
+                           "FROM credit_transactions t INDEXED BY credit_transactions_by_user_time "
+                           "LEFT JOIN credit_grants g ON g.id = t.grant_id "
+                           "WHERE t.user_id = ?1 AND t.created_at_ms >= ?4 AND t.created_at_ms < ?5 AND t.id < ?2 "
+                           "AND (?3 IS NULL OR t.type = ?3) ORDER BY t.id DESC LIMIT ?6")
+                     : db->prepare(
+                           "SELECT t.id, t.user_id, t.type, g.kind, t.amount_micros, t.debt_delta_micros, "
+                           "t.balance_after_micros, t.grant_id, t.actor, t.reason, t.usage_event_id, t.created_at_ms "
+                           "FROM credit_transactions t INDEXED BY credit_transactions_by_user_id "
+                           "LEFT JOIN credit_grants g ON g.id = t.grant_id "
+                           "WHERE t.user_id = ?1 AND t.id < ?2 AND (?3 IS NULL OR t.type = ?3) "
+                           "ORDER BY t.id DESC LIMIT ?6");
+        s->bind(1, q.user_id).bind(2, q.after_id.value_or(std::numeric_limits<std::int64_t>::max())).bind(3, q.type);
+        if (time_window) {
+            s->bind(4, q.from_ms.value_or(std::numeric_limits<std::int64_t>::min()));
+            s->bind(5, q.to_ms.value_or(std::numeric_limits<std::int64_t>::max()));
         }
-        transaction t;
-        t.id = s->int64(0);
-        t.user_id = s->int64(1);
-        t.type = s->text(2);
-        if (!s->is_null(3)) t.kind = parse_grant_kind(s->text(3));
-        t.amount_micros = s->int64(4);
-        t.debt_delta_micros = s->int64(5);
-        t.balance_after_micros = s->int64(6);
-        t.grant_id = s->optional_int64(7);
-        t.actor = s->text(8);
-        t.reason = s->text(9);
-        t.usage_event_id = s->optional_int64(10);
-        t.created_at_ms = s->int64(11);
-        page.rows.push_back(std::move(t));
+        s->bind(6, limit + 1);
+        while (s->step()) {
+            if (static_cast<int>(page.rows.size()) == limit) {
+                page.next_cursor = page.rows.back().id;
+                break;
+            }
+            transaction t;
+            t.id = s->int64(0);
+            t.user_id = s->int64(1);
+            t.type = s->text(2);
+            if (!s->is_null(3)) t.kind = parse_grant_kind(s->text(3));
+            t.amount_micros = s->int64(4);
+            t.debt_delta_micros = s->int64(5);
+            t.balance_after_micros = s->int64(6);
+            t.grant_id = s->optional_int64(7);
+            t.actor = s->text(8);
+            t.reason = s->text(9);
+            t.usage_event_id = s->optional_int64(10);
+            t.created_at_ms = s->int64(11);
+            page.rows.push_back(std::move(t));
+        }
+    } catch (const sql::error&) {
+        page = transaction_page{};
+        page.code = result::storage_failed;
     }
     return page;
 }
@@ -837,22 +927,27 @@ std::int64_t ledger::open_hold_count() {
 
 usage_summary ledger::summarize_usage(std::int64_t user_id, const std::string& from_day, const std::string& to_day) {
     usage_summary out;
-    auto db = impl_->reader();
-    auto s = db->prepare(
-        "SELECT service, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(provider_cost_micros), "
-        "SUM(markup_micros), SUM(charged_micros), SUM(refunded_micros) FROM usage_daily "
-        "WHERE user_id = ?1 AND day >= ?2 AND day <= ?3 GROUP BY service ORDER BY service");
-    s->bind(1, user_id).bind(2, from_day).bind(3, to_day);
-    while (s->step()) {
-        usage_totals t{s->int64(1), s->int64(2), s->int64(3), s->int64(4), s->int64(5), s->int64(6), s->int64(7)};
-        out.total.requests += t.requests;
-        out.total.prompt_tokens += t.prompt_tokens;
-        out.total.completion_tokens += t.completion_tokens;
-        out.total.provider_cost_micros += t.provider_cost_micros;
-        out.total.markup_micros += t.markup_micros;
-        out.total.charged_micros += t.charged_micros;
-        out.total.refunded_micros += t.refunded_micros;
-        out.by_service.emplace_back(s->text(0), t);
+    try {
+        auto db = impl_->reader();
+        auto s = db->prepare(
+            "SELECT service, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(provider_cost_micros), "
+            "SUM(markup_micros), SUM(charged_micros), SUM(refunded_micros) FROM usage_daily "
+            "WHERE user_id = ?1 AND day >= ?2 AND day <= ?3 GROUP BY service ORDER BY service");
+        s->bind(1, user_id).bind(2, from_day).bind(3, to_day);
+        while (s->step()) {
+            usage_totals t{s->int64(1), s->int64(2), s->int64(3), s->int64(4), s->int64(5), s->int64(6), s->int64(7)};
+            out.total.requests += t.requests;
+            out.total.prompt_tokens += t.prompt_tokens;
+            out.total.completion_tokens += t.completion_tokens;
+            out.total.provider_cost_micros += t.provider_cost_micros;
+            out.total.markup_micros += t.markup_micros;
+            out.total.charged_micros += t.charged_micros;
+            out.total.refunded_micros += t.refunded_micros;
+            out.by_service.emplace_back(s->text(0), t);
+        }
+    } catch (const sql::error&) {
+        out = usage_summary{};
+        out.code = result::storage_failed;
     }
     return out;
 }

@@ -175,6 +175,13 @@ void ledger::impl::load() {
         }
         for (auto& [id, u] : users) std::sort(u.grants.begin(), u.grants.end(), draws_before);
     }
+    {
+        auto s = db.prepare("SELECT id, key_hash FROM api_keys");
+        while (s->step()) {
+            key_ids.insert(s->int64(0));
+            key_hashes.insert(s->blob(1));
+        }
+    }
     next_user_id = db.scalar("SELECT IFNULL(MAX(id), 0) + 1 FROM users");
     next_grant_id = db.scalar("SELECT IFNULL(MAX(id), 0) + 1 FROM credit_grants");
     next_txn_id = db.scalar("SELECT IFNULL(MAX(id), 0) + 1 FROM credit_transactions");

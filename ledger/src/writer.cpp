@@ -15,6 +15,10 @@ namespace tollgate::ledger {
 
 void ledger::impl::run_writer() {
     pthread_setname_np(pthread_self(), "tollgate-writer");  // visible in top -H, perf, gdb
+    {
+        std::lock_guard lock(mu);
+        writer_id = std::this_thread::get_id();
+    }
     write_batch writing;
     for (;;) {
         commit_seq seq = 0;
@@ -166,11 +170,11 @@ void ledger::impl::write(write_batch& b) {
                         s.bind(i + 9, t.idempotency_key).bind(i + 10, t.usage_event_id).bind(i + 11, t.created_at_ms);
                     });
 
-    for (const auto& [id, remaining] : b.grant_remaining) {
-        auto s = db.prepare("UPDATE credit_grants SET remaining_micros = ?2 WHERE id = ?1");
-        s->bind(1, id).bind(2, remaining);
-        s->run();
-    }
+    sql::write_rows(db, "UPDATE credit_grants SET remaining_micros = v.column2 FROM (VALUES ",
+                    ") AS v WHERE credit_grants.id = v.column1", 2, b.grant_remaining,
+                    [](sql::statement& s, int i, const std::pair<const std::int64_t, std::int64_t>& e) {
+                        s.bind(i, e.first).bind(i + 1, e.second);
+                    });
 
     sql::write_rows(db,
                     "INSERT INTO user_credits (user_id, balance_micros, reserved_micros, debt_micros, "

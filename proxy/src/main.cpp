@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <cstdlib>
+#include <iterator>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -95,7 +96,7 @@ int run_demo(const std::string& path) {
         }
         ids.push_back(created.user_id);
     }
-    if (!ids.empty()) {
+    if (ids.size() == std::size(demo)) {  // a fresh database: meter one call, give one bonus
         // One metered call for the starter user: hold, then settle.
         const auto hold = l.reserve(ids[1], 250'000, "demo-request-1");
         if (!l.wait_durable(hold.seq)) {
@@ -104,9 +105,14 @@ int run_demo(const std::string& path) {
         }
         ledger::usage_event usage{.request_id = "", .model = "openai/gpt-4o-mini", .prompt_tokens = 1200,
                                   .completion_tokens = 300, .provider_cost_micros = 360, .markup_micros = 36};
-        l.settle(hold.hold_id, 396, usage);
-        l.grant({.user_id = ids[0], .kind = ledger::grant_kind::bonus, .amount_micros = 5'000'000,
-                 .source = "coupon:WELCOME5", .actor = "demo", .reason = "welcome bonus"});
+        const auto settled = l.settle(hold.hold_id, 396, usage);
+        const auto bonus = l.grant({.user_id = ids[0], .kind = ledger::grant_kind::bonus, .amount_micros = 5'000'000,
+                                    .source = "coupon:WELCOME5", .actor = "demo", .reason = "welcome bonus"});
+        if (hold.code != ledger::result::ok || settled.code != ledger::result::ok || bonus.code != ledger::result::ok) {
+            fmt::print(stderr, "tollgate demo: {} / {} / {}\n", ledger::to_string(hold.code),
+                       ledger::to_string(settled.code), ledger::to_string(bonus.code));
+            return 1;
+        }
     }
     l.flush();
     fmt::print("demo database: {}\n\n{:<24} {:<14} {:>16} {:>16} {:>16}\n", path, "user", "tier", "balance",

@@ -182,3 +182,22 @@ TEST_CASE("migrate is idempotent and check-ledger reads a fresh database", "[led
     CHECK(report.users_checked == 0);
     CHECK_FALSE(ledger::check_database(dir.file("missing.db")).ok);
 }
+
+TEST_CASE("history tables refuse updates and deletes", "[ledger]") {
+    temp_dir dir;
+    manual_clock clock;
+    const auto path = make_populated_db(dir, clock);
+    for (const char* sql : {"UPDATE credit_transactions SET amount_micros = 0 WHERE id = 1",
+                            "DELETE FROM credit_transactions WHERE id = 1",
+                            "UPDATE usage_events SET charged_micros = 0 WHERE id = 1",
+                            "DELETE FROM usage_events"}) {
+        sqlite3* db = nullptr;
+        REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+        char* err = nullptr;
+        CHECK(sqlite3_exec(db, sql, nullptr, nullptr, &err) == SQLITE_CONSTRAINT);
+        CHECK(std::string(err ? err : "").find("append-only") != std::string::npos);
+        sqlite3_free(err);
+        sqlite3_close(db);
+    }
+    CHECK(ledger::check_database(path).ok);
+}

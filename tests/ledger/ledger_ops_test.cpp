@@ -4,6 +4,9 @@
 
 #include <fmt/format.h>
 
+#include <future>
+#include <limits>
+
 using namespace tollgate;
 using namespace tollgate::testing;
 using ledger::grant_kind;
@@ -282,7 +285,7 @@ TEST_CASE("holds expire after their time to live", "[ledger]") {
     clock.advance(1);
     CHECK(l->expire_holds().count == 1);
     CHECK(balance_of(*l, user).reserved_micros == 0);
-    CHECK(l->settle(h.hold_id, 1, {}).code == result::hold_closed);
+    CHECK(l->release(h.hold_id).code == result::hold_closed);
     require_ledger_ok(*l);
 }
 
@@ -499,8 +502,9 @@ TEST_CASE("keys are stored by hash and can be revoked", "[ledger]") {
     auto l = open_ledger(dir.file("t.db"), clock);
     const auto user = make_user(*l, "a@example.com");
     const std::string hash("\x01\x02\x00\xff", 4);
-    const auto [code, id] = l->create_key({.user_id = user, .key_hash = hash, .key_prefix = "tg_abcd", .name = "ci"});
-    REQUIRE(code == result::ok);
+    const auto created = l->create_key({.user_id = user, .key_hash = hash, .key_prefix = "tg_abcd", .name = "ci"});
+    REQUIRE(created.code == result::ok);
+    const auto id = created.key_id;
     const auto found = l->find_key_by_hash(hash);
     REQUIRE(found);
     CHECK(found->id == id);
@@ -508,8 +512,10 @@ TEST_CASE("keys are stored by hash and can be revoked", "[ledger]") {
     CHECK(found->rpm_limit == 600);
     CHECK_FALSE(found->revoked_at_ms);
     CHECK_FALSE(l->find_key_by_hash("nope"));
-    CHECK(l->create_key({.user_id = 999, .key_hash = "h"}).first == result::unknown_user);
-    CHECK(l->create_key({.user_id = user, .key_hash = ""}).first == result::invalid_argument);
+    CHECK(l->create_key({.user_id = 999, .key_hash = "h"}).code == result::unknown_user);
+    CHECK(l->create_key({.user_id = user, .key_hash = ""}).code == result::invalid_argument);
+    CHECK(l->create_key({.user_id = user, .key_hash = "h2", .kind = "root"}).code == result::invalid_argument);
+    CHECK(l->create_key({.user_id = user, .key_hash = hash}).code == result::key_exists);
     const auto revoked = l->revoke_key(id);
     REQUIRE(revoked.code == result::ok);
     REQUIRE(l->wait_durable(revoked.seq));
@@ -602,5 +608,113 @@ TEST_CASE("usage events roll up by day, service and model; summaries read the ro
     CHECK(first_day.total.refunded_micros == 0);  // refunds count on the day they happen
     CHECK(l->summarize_usage(user, "2026-02-01", "2026-02-28").total.requests == 0);
     CHECK(l->stats().commits > 0);
+    require_ledger_ok(*l);
+}
+
+TEST_CASE("a call that outlives its hold is still charged in full", "[ledger]") {
+    temp_dir dir;
+    manual_clock clock;
+    auto l = open_ledger(dir.file("t.db"), clock);
+    const auto user = make_user(*l, "a@example.com");
+    const auto h = l->reserve(user, 1'000'000, "slow");
+    REQUIRE(h.code == result::ok);
+    clock.advance(16 * 60 * 1000);
+    CHECK(l->expire_holds().count == 1);
+    CHECK(balance_of(*l, user).reserved_micros == 0);
+    const auto s = l->settle(h.hold_id, 2'500'000, {.model = "m"});
+    REQUIRE(s.code == result::ok);
+    CHECK(s.charged_micros == 2'500'000);
+    CHECK(balance_of(*l, user).balance_micros == 7'500'000);
+    CHECK(balance_of(*l, user).reserved_micros == 0);
+    CHECK(l->settle(h.hold_id, 1, {}).code == result::hold_closed);
+    // After a second time to live the expired hold is forgotten.
+    const auto h2 = l->reserve(user, 1'000, "slower");
+    clock.advance(16 * 60 * 1000);
+    l->expire_holds();
+    clock.advance(16 * 60 * 1000);
+    l->expire_holds();
+    CHECK(l->settle(h2.hold_id, 1, {}).code == result::hold_closed);
+    require_ledger_ok(*l);
+}
+
+TEST_CASE("usage the database would refuse is refused before it can stop the writer", "[ledger]") {
+    temp_dir dir;
+    manual_clock clock;
+    auto l = open_ledger(dir.file("t.db"), clock);
+    const auto user = make_user(*l, "a@example.com");
+    const auto h = l->reserve(user, 1000, "r");
+    const ledger::usage_event bad[] = {
+        {.price_source = "guess"},
+        {.prompt_tokens = ledger::max_usage_count + 1},
+        {.completion_tokens = -1},
+        {.units = std::numeric_limits<std::int64_t>::max()},
+        {.provider_cost_micros = -1},
+        {.markup_micros = ledger::max_amount_micros + 1},
+        {.service = ""},
+    };
+    for (const auto& usage : bad) CHECK(l->settle(h.hold_id, 10, usage).code == result::invalid_argument);
+    CHECK(l->settle(h.hold_id, 10, {.key_id = 4242}).code == result::unknown_key);
+    REQUIRE(l->settle(h.hold_id, 10, {.model = "m"}).code == result::ok);
+    CHECK_FALSE(l->failed());
+    require_ledger_ok(*l);
+}
+
+TEST_CASE("a replayed deduct answers with the first result's balance", "[ledger]") {
+    temp_dir dir;
+    manual_clock clock;
+    auto l = open_ledger(dir.file("t.db"), clock);
+    const auto user = make_user(*l, "a@example.com");
+    const ledger::deduct_request d{.user_id = user, .amount_micros = 1'000'000, .event_id = "search-1"};
+    const auto first = l->deduct(d);
+    REQUIRE(first.code == result::ok);
+    CHECK(first.balance_micros == 9'000'000);
+    grant(*l, user, grant_kind::purchased, 5'000'000);
+    const auto again = l->deduct(d);
+    CHECK(again.replayed);
+    CHECK(again.balance_micros == 9'000'000);
+    CHECK(again.usage_event_id == first.usage_event_id);
+    require_ledger_ok(*l);
+}
+
+TEST_CASE("on_durable calls back once the commit is done, or at once when it already is", "[ledger]") {
+    temp_dir dir;
+    manual_clock clock;
+    auto l = open_ledger(dir.file("t.db"), clock);
+    const auto user = make_user(*l, "a@example.com");
+    const auto h = l->reserve(user, 1000, "r");
+    std::promise<bool> fired;
+    auto done = fired.get_future();
+    l->on_durable(h.seq, [&](bool ok) { fired.set_value(ok); });
+    CHECK(done.get());
+    // The hold is on disk: a reader sees it.
+    CHECK(ledger::check_database(dir.file("t.db")).ok);
+    bool inline_ok = false;
+    l->on_durable(h.seq, [&](bool ok) { inline_ok = ok; });
+    CHECK(inline_ok);
+    require_ledger_ok(*l);
+}
+
+TEST_CASE("time-window pages use the same cursor as plain pages", "[ledger]") {
+    temp_dir dir;
+    manual_clock clock;
+    auto l = open_ledger(dir.file("t.db"), clock);
+    const auto user = make_user(*l, "a@example.com");
+    for (int i = 0; i < 30; ++i) {
+        clock.advance(1000);
+        grant(*l, user, grant_kind::bonus, 100 + i);
+    }
+    l->flush();
+    const ledger::time_ms from = test_epoch_ms + 10'500, to = test_epoch_ms + 25'500;  // grants 11..25
+    std::vector<std::int64_t> amounts;
+    std::optional<std::int64_t> cursor;
+    do {
+        const auto page = l->transactions({.user_id = user, .after_id = cursor, .limit = 4, .from_ms = from, .to_ms = to});
+        REQUIRE(page.code == result::ok);
+        for (const auto& t : page.rows) amounts.push_back(t.amount_micros);
+        cursor = page.next_cursor;
+    } while (cursor);
+    REQUIRE(amounts.size() == 15);
+    CHECK(amounts.front() == 124);
+    CHECK(amounts.back() == 110);
     require_ledger_ok(*l);
 }

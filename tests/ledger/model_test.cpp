@@ -164,6 +164,7 @@ struct model_deduct {  // first successful deduct of an event id
     std::int64_t usage_event_id = 0;
     std::int64_t charged_micros = 0;
     std::int64_t first_transaction_id = 0;
+    std::int64_t balance_after_micros = 0;  // what the first answer said; replays repeat it
 };
 
 struct model_keyed {  // first successful grant/refund of an idempotency key
@@ -333,10 +334,18 @@ public:
     expected settle(std::int64_t hold_id, std::int64_t charged_micros, const ledger::charge_outcome& got) {
         if (charged_micros < 0 || charged_micros > ledger::max_amount_micros) return {result::invalid_amount};
         const auto it = holds_.find(hold_id);
-        if (it == holds_.end()) return {known_hold_ids_.count(hold_id) ? result::hold_closed : result::unknown_hold};
-        model_user& u = users_.at(it->second.user_id);
-        u.reserved_micros -= it->second.amount_micros;
-        holds_.erase(it);
+        const auto expired = expired_holds_.find(hold_id);
+        if (it == holds_.end() && expired == expired_holds_.end()) {
+            return {known_hold_ids_.count(hold_id) ? result::hold_closed : result::unknown_hold};
+        }
+        // A hold that expired within the last TTL is still charged in full.
+        model_user& u = users_.at(it != holds_.end() ? it->second.user_id : expired->second.user_id);
+        if (it != holds_.end()) {
+            u.reserved_micros -= it->second.amount_micros;
+            holds_.erase(it);
+        } else {
+            expired_holds_.erase(expired);
+        }
         catch_up(u);
         draw(u, charged_micros);
         events_[got.usage_event_id] = {u.id, charged_micros, 0};
@@ -366,7 +375,7 @@ public:
             out.charged_micros = d.charged_micros;
             out.transaction_id = d.first_transaction_id;
             out.replayed = true;
-            if (const model_user* u = find_user(c.user_id)) out.balance_micros = u->balance_micros;
+            out.balance_micros = d.balance_after_micros;
             return out;
         }
         model_user* u = user(c.user_id);
@@ -375,8 +384,9 @@ public:
         const std::int64_t available = u->available_micros();
         if (available < c.amount_micros) return {result::insufficient_credits, u->balance_micros, available};
         draw(*u, c.amount_micros);
-        deducts_[c.event_id] = {c.user_id,          c.amount_micros, c.reason,
-                                got.usage_event_id, c.amount_micros, got.first_transaction_id};
+        deducts_[c.event_id] = {c.user_id,          c.amount_micros,          c.reason,
+                                got.usage_event_id, c.amount_micros,          got.first_transaction_id,
+                                u->balance_micros};
         events_[got.usage_event_id] = {u->id, c.amount_micros, 0};
         txns_[got.first_transaction_id] = {u->id, got.usage_event_id};
         expected out{result::ok, u->balance_micros, u->available_micros(), c.amount_micros};
@@ -420,11 +430,16 @@ public:
         for (auto it = holds_.begin(); it != holds_.end();) {
             if (it->second.created_at_ms + hold_ttl_ms <= now()) {
                 users_.at(it->second.user_id).reserved_micros -= it->second.amount_micros;
+                expired_holds_.insert(*it);
                 it = holds_.erase(it);
                 ++count;
             } else {
                 ++it;
             }
+        }
+        // Forgotten after a second TTL.
+        for (auto it = expired_holds_.begin(); it != expired_holds_.end();) {
+            it = it->second.created_at_ms + 2 * hold_ttl_ms <= now() ? expired_holds_.erase(it) : std::next(it);
         }
         expected out{result::ok};
         out.count = count;
@@ -455,6 +470,7 @@ public:
         for (const auto& [id, h] : holds_) users_.at(h.user_id).reserved_micros -= h.amount_micros;
         const auto released = static_cast<std::int64_t>(holds_.size());
         holds_.clear();
+        expired_holds_.clear();  // the book that remembered them is gone
         return released;
     }
 
@@ -558,6 +574,7 @@ private:
     std::map<std::int64_t, model_user> users_;
     std::set<std::string> emails_;
     std::map<std::int64_t, model_hold> holds_;
+    std::map<std::int64_t, model_hold> expired_holds_;  // settle still charges them
     std::set<std::int64_t> known_hold_ids_;
     std::map<std::int64_t, model_event> events_;
     std::map<std::string, model_deduct> deducts_;

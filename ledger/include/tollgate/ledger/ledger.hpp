@@ -32,6 +32,9 @@ using commit_seq = std::uint64_t;
 // balance or debt may reach: sums stay far from int64 overflow.
 inline constexpr std::int64_t max_amount_micros = 1'000'000'000'000'000;
 inline constexpr std::int64_t max_balance_micros = 1'000'000'000'000'000'000;
+// Largest token, character or unit count one usage event may carry: keeps
+// the daily rollups' sums far from overflow.
+inline constexpr std::int64_t max_usage_count = 1'000'000'000;
 
 enum class grant_kind : std::uint8_t { refund = 0, bonus = 1, allocated = 2, purchased = 3 };
 inline constexpr int grant_kind_count = 4;
@@ -58,6 +61,7 @@ enum class result : std::uint8_t {
     unknown_charge,        // refund target not found or not this user's
     refund_exceeds_charge,
     unknown_key,
+    key_exists,            // a key with this hash is already stored
     storage_failed,        // a commit failed: the ledger stops accepting work
 };
 std::string_view to_string(result code);
@@ -132,6 +136,7 @@ struct transaction {
 };
 
 struct transaction_page {
+    result code = result::ok;  // storage_failed when the read failed
     std::vector<transaction> rows;
     std::optional<std::int64_t> next_cursor;  // pass back as `after_id`
 };
@@ -159,7 +164,7 @@ struct usage_event {
     std::int64_t units = 0;
     std::int64_t provider_cost_micros = 0;
     std::int64_t markup_micros = 0;
-    std::string price_source = "catalog";  // upstream, catalog, estimated, fixed
+    std::string price_source = "catalog";  // upstream, catalog, estimated or fixed
     std::string catalog_hash;
     std::string status = "ok";
     std::int64_t latency_ms = 0;
@@ -236,6 +241,11 @@ struct charge_outcome {
     commit_seq seq = 0;
 };
 
+struct key_outcome {
+    result code = result::ok;
+    std::int64_t key_id = 0;
+};
+
 struct simple_outcome {
     result code = result::ok;
     commit_seq seq = 0;
@@ -259,6 +269,7 @@ struct usage_totals {
 };
 
 struct usage_summary {
+    result code = result::ok;  // storage_failed when the read failed
     usage_totals total;
     std::vector<std::pair<std::string, usage_totals>> by_service;  // sorted by service
 };
@@ -284,7 +295,6 @@ struct options {
     // Injectable clock so tests can live through a year in milliseconds.
     std::function<time_ms()> clock;
     std::int64_t hold_ttl_ms = 15 * 60 * 1000;
-    std::size_t max_batch_ops = 8192;
     // The server holds an exclusive lock on the database; tests that open two
     // ledgers on one file on purpose can turn it off.
     bool take_lock = true;
@@ -343,8 +353,12 @@ public:
     // ledger failed instead (see failed()): the result is not on disk and
     // must not be acted upon. Returns true at once for seq 0.
     [[nodiscard]] bool wait_durable(commit_seq seq);
-    // `fn(ok)` runs on the writer thread once the batch holding seq is
-    // committed (ok) or failed; keep it short (post to your executor).
+    // `fn(ok)` runs once the batch holding seq is committed (ok) or failed:
+    // on the writer thread, or at once on the caller's thread when that has
+    // already happened. It must be short, must not throw, and must not call
+    // into the ledger: post to your executor and continue there (a call that
+    // waits for a commit from the writer thread would wait for itself; such
+    // calls abort with a message rather than hang).
     void on_durable(commit_seq seq, std::function<void(bool ok)> fn);
     void flush();  // waits for everything submitted so far
     bool failed() const;
@@ -359,8 +373,10 @@ public:
     std::vector<tier> tiers();
     std::optional<tier> find_tier(const std::string& tier_id);
 
-    // `key.id` and `created_at_ms` are assigned; returns the id.
-    std::pair<result, std::int64_t> create_key(key_record key);
+    // `key.id` and `created_at_ms` are assigned. Returns once durable: a key
+    // is usable as soon as its creator has it.
+    key_outcome create_key(key_record key);
+    // nullopt when absent or when the read failed (authentication fails closed).
     std::optional<key_record> find_key_by_hash(std::string_view key_hash);
     std::vector<key_record> list_keys(std::int64_t user_id);
     simple_outcome revoke_key(std::int64_t key_id);
@@ -372,7 +388,9 @@ public:
     hold_outcome reserve(std::int64_t user_id, std::int64_t max_micros, std::string_view request_id);
     // Charges `charged_micros` in full (even above the hold: the rest becomes
     // debt), releases the rest of the hold, writes the usage event and its
-    // daily rollup, all in one commit.
+    // daily rollup, all in one commit. A hold that expired meanwhile (a call
+    // outliving hold_ttl_ms) is still charged in full: money owed is never
+    // dropped.
     charge_outcome settle(std::int64_t hold_id, std::int64_t charged_micros, const usage_event& usage);
     simple_outcome release(std::int64_t hold_id);
 
@@ -385,6 +403,7 @@ public:
     grant_outcome refund(const refund_request& request);
 
     // --- maintenance ---------------------------------------------------------
+    // The server runs these periodically (expire_holds at least once a minute):
     maintenance_outcome expire_holds();   // holds past their expiry are released
     maintenance_outcome expire_grants();  // grants past expires_at lose their remainder
     maintenance_outcome roll_periods();   // every subscription whose period ended

@@ -844,10 +844,16 @@ maintenance_outcome ledger::roll_periods() {
 // --- reads ------------------------------------------------------------------
 
 std::optional<balance> ledger::get_balance(std::int64_t user_id) {
-    std::lock_guard lock(impl_->mu);
-    const auto it = impl_->users.find(user_id);
-    if (it == impl_->users.end()) return std::nullopt;
-    const auto& u = it->second;
+    auto& m = *impl_;
+    std::unique_lock lock(m.mu);
+    m.wait_for_space(lock);
+    if (m.stopping) return std::nullopt;  // the book ran ahead of a failed commit: show nothing
+    const auto it = m.users.find(user_id);
+    if (it == m.users.end()) return std::nullopt;
+    auto& u = it->second;
+    // Due expiries and period rolls first, so balance, available and by_kind
+    // all describe the same moment (balance = sum(by_kind) - debt).
+    m.bring_up_to_date(u, m.now());
     balance b;
     b.user_id = user_id;
     b.balance_micros = u.balance_micros;
@@ -855,12 +861,7 @@ std::optional<balance> ledger::get_balance(std::int64_t user_id) {
     b.available_micros = u.available_micros();
     b.debt_micros = u.debt_micros;
     b.overage_limit_micros = u.overage_limit_micros;
-    const time_ms at = impl_->now();
-    for (const auto& g : u.grants) {
-        // by_kind counts unexpired grants only (SPEC 6), even before the
-        // expiry is written.
-        if (!g.expires_at_ms || *g.expires_at_ms > at) b.by_kind_micros[static_cast<int>(g.kind)] += g.remaining_micros;
-    }
+    for (const auto& g : u.grants) b.by_kind_micros[static_cast<int>(g.kind)] += g.remaining_micros;
     return b;
 }
 

@@ -409,6 +409,9 @@ public:
     maintenance_outcome roll_periods();   // every subscription whose period ended
 
     // --- reads ---------------------------------------------------------------
+    // Applies the user's due expiries and period rolls first (they are due
+    // whoever looks), so balance = sum(by_kind) - debt always holds.
+    // nullopt for an unknown user or a failed ledger.
     std::optional<balance> get_balance(std::int64_t user_id);
     transaction_page transactions(const transaction_query& query);
     std::int64_t open_hold_count();

@@ -1,10 +1,17 @@
 // The tollgate command. `serve` arrives with the proxy; today it offers the
 // ledger's commands and a demo.
 #include "tollgate/ledger/ledger.hpp"
+#include "tollgate/pricing/catalog.hpp"
+#include "tollgate/pricing/cost.hpp"
 
 #include <fmt/format.h>
 
+#include <charconv>
+#include <cstdio>
 #include <cstdlib>
+#include <ctime>
+#include <memory>
+#include <optional>
 #include <iterator>
 #include <cstring>
 #include <string>
@@ -13,6 +20,151 @@
 namespace {
 
 namespace ledger = tollgate::ledger;
+namespace pricing = tollgate::pricing;
+
+std::optional<std::string> flag_value(const std::vector<std::string>& args, const std::string& flag) {
+    for (std::size_t i = 0; i + 1 < args.size(); ++i) {
+        if (args[i] == flag) return args[i + 1];
+    }
+    return std::nullopt;
+}
+
+std::string json_string(std::string_view text) {
+    std::string out = "\"";
+    for (const char c : text) {
+        switch (c) {
+            case '"': out += "\\\""; break;
+            case '\\': out += "\\\\"; break;
+            case '\n': out += "\\n"; break;
+            default:
+                if (static_cast<unsigned char>(c) < 0x20) out += fmt::format("\\u{:04x}", c);
+                else out += c;
+        }
+    }
+    return out + "\"";
+}
+
+std::optional<std::string> read_file(const std::string& path) {
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) return std::nullopt;
+    std::string text;
+    char buffer[65536];
+    for (std::size_t n; (n = std::fread(buffer, 1, sizeof buffer, f)) > 0;) text.append(buffer, n);
+    std::fclose(f);
+    return text;
+}
+
+std::shared_ptr<const pricing::catalog> load_catalog(const std::string& path) {
+    const auto text = read_file(path);
+    if (!text) {
+        fmt::print(stderr, "tollgate: cannot read {}\n", path);
+        return nullptr;
+    }
+    auto parsed = pricing::parse_openrouter_models(*text);
+    if (parsed.status != pricing::catalog_status::ok) {
+        fmt::print(stderr, "tollgate: {}: {} ({})\n", path, parsed.message, pricing::to_string(parsed.status));
+        return nullptr;
+    }
+    return parsed.value;
+}
+
+int run_catalog_inspect(const std::vector<std::string>& args) {
+    if (args.size() < 3 || args[1] != "inspect") {
+        fmt::print(stderr, "usage: tollgate catalog inspect FILE\n");
+        return 2;
+    }
+    const auto c = load_catalog(args[2]);
+    if (!c) return 1;
+    std::size_t free = 0, unpriced = 0, with_overrides = 0;
+    for (const auto& m : c->models()) {
+        free += m.free;
+        unpriced += m.unpriced;
+        with_overrides += !m.overrides.empty();
+    }
+    fmt::print("{{\"models\": {}, \"free\": {}, \"unpriced\": {}, \"with_overrides\": {}, \"content_hash\": {}}}\n",
+               c->models().size(), free, unpriced, with_overrides, json_string(c->content_hash()));
+    return 0;
+}
+
+std::optional<std::int64_t> count_flag(const std::vector<std::string>& args, const std::string& flag, bool required) {
+    const auto v = flag_value(args, flag);
+    if (!v) return required ? std::nullopt : std::optional<std::int64_t>(0);
+    std::int64_t n = 0;
+    const auto [end, ec] = std::from_chars(v->data(), v->data() + v->size(), n);
+    if (ec != std::errc() || end != v->data() + v->size() || n < 0) return std::nullopt;
+    return n;
+}
+
+int quote_error(const char* code, const std::string& message) {
+    fmt::print(stderr, "{{\"error\": {{\"code\": \"{}\", \"message\": {}}}}}\n", code, json_string(message));
+    return 1;
+}
+
+int run_quote(const std::vector<std::string>& args) {
+    const auto catalog_path = flag_value(args, "--catalog");
+    const auto model_id = flag_value(args, "--model");
+    const auto tier_id = flag_value(args, "--tier");
+    const auto prompt = count_flag(args, "--prompt-tokens", true);
+    const auto completion = count_flag(args, "--completion-tokens", true);
+    const auto cached = count_flag(args, "--cached-tokens", false);
+    const auto reasoning = count_flag(args, "--reasoning-tokens", false);
+    if (!catalog_path || !model_id || !tier_id || !prompt || !completion || !cached || !reasoning) {
+        fmt::print(stderr, "usage: tollgate quote --catalog FILE --model ID --tier TIER --prompt-tokens N "
+                           "--completion-tokens N [--cached-tokens N] [--reasoning-tokens N] "
+                           "[--upstream-cost DECIMAL] [--at HH:MM]\n");
+        return 2;
+    }
+    const pricing::tier_policy* tier = nullptr;
+    for (const auto& t : pricing::default_tier_policies()) {
+        if (t.id == *tier_id) tier = &t;
+    }
+    if (!tier) return quote_error("unknown_tier", fmt::format("no tier named {}", *tier_id));
+    int hhmm = 0;
+    if (const auto at = flag_value(args, "--at")) {
+        unsigned h = 0, m = 0;
+        if (std::sscanf(at->c_str(), "%2u:%2u", &h, &m) != 2 || h > 23 || m > 59)
+            return quote_error("invalid_time", "--at takes HH:MM (UTC)");
+        hhmm = static_cast<int>(h * 100 + m);
+    } else {
+        const std::time_t now = std::time(nullptr);
+        std::tm utc{};
+        gmtime_r(&now, &utc);
+        hhmm = utc.tm_hour * 100 + utc.tm_min;
+    }
+    const auto c = load_catalog(*catalog_path);
+    if (!c) return 1;
+    const pricing::model* m = c->find(*model_id);
+    if (!m) return quote_error("model_not_found", fmt::format("{} is not in the catalog", *model_id));
+    if (tier->free_models_only && !m->free)
+        return quote_error("model_not_allowed", fmt::format("the {} tier may use free models only", tier->id));
+
+    std::int64_t cost_pico = 0;
+    const char* source = "catalog";
+    if (const auto upstream = flag_value(args, "--upstream-cost")) {
+        const auto parsed = pricing::parse_usd_pico(*upstream);
+        if (parsed.status != pricing::price_status::ok)
+            return quote_error("invalid_upstream_cost", fmt::format("--upstream-cost {} is not a price", *upstream));
+        cost_pico = parsed.pico;
+        source = "upstream";
+    } else {
+        const pricing::usage u{.prompt_tokens = *prompt, .completion_tokens = *completion, .cached_tokens = *cached,
+                               .reasoning_tokens = *reasoning};
+        const auto cost = pricing::catalog_cost(m->prices_for(*prompt, hhmm), u);
+        if (cost.status == pricing::cost_status::unpriced)
+            return quote_error("unpriced_model", fmt::format("{} is priced by the router: pass --upstream-cost", m->id));
+        if (cost.status != pricing::cost_status::ok)
+            return quote_error(std::string(pricing::to_string(cost.status)).c_str(), "the usage cannot be priced");
+        cost_pico = cost.provider_cost_pico;
+    }
+    const auto charge = pricing::price_call(cost_pico, m->free, *prompt + *completion, *tier, false);
+    if (charge.status != pricing::cost_status::ok)
+        return quote_error(std::string(pricing::to_string(charge.status)).c_str(), "the cost is out of range");
+    fmt::print("{{\"model\": {}, \"free\": {}, \"provider_cost_pico\": {}, \"markup_pico\": {}, "
+               "\"charged_micros\": {}, \"price_source\": \"{}\"}}\n",
+               json_string(m->id), m->free, charge.provider_cost_pico, charge.markup_pico, charge.charged_micros,
+               source);
+    return 0;
+}
 
 constexpr const char* usage_text = R"(tollgate — a transparent metering proxy for LLM APIs
 
@@ -22,6 +174,12 @@ Commands:
   migrate          apply pending schema migrations (refused while a server holds the database)
   check-ledger     prove the ledger invariants (read-only, safe on a live database)
   demo             create a demo database with a few users and print their balances
+  catalog inspect FILE
+                   summarise an OpenRouter /models file as JSON {models, free, unpriced, with_overrides}
+  quote --catalog FILE --model ID --tier TIER --prompt-tokens N --completion-tokens N
+        [--cached-tokens N] [--reasoning-tokens N] [--upstream-cost DECIMAL] [--at HH:MM]
+                   price one call as JSON {model, free, provider_cost_pico, markup_pico,
+                   charged_micros, price_source}
   --version        print the version
   --help           print this help
 
@@ -147,6 +305,8 @@ int main(int argc, char** argv) {
     if (command == "migrate") return run_migrate(path);
     if (command == "check-ledger") return run_check(path);
     if (command == "demo") return run_demo(path);
+    if (command == "catalog") return run_catalog_inspect(args);
+    if (command == "quote") return run_quote(args);
     fmt::print(stderr, "tollgate: unknown command '{}'\n\n{}", command, usage_text);
     return 2;
 }

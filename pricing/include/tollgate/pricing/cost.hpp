@@ -1,0 +1,79 @@
+// What a call cost: provider cost from the catalog (or the upstream's own
+// figure), the tier's markup, and the one rounding to a micro-USD charge
+// (SPEC section 2). Integer arithmetic only.
+#pragma once
+
+#include "tollgate/pricing/catalog.hpp"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tollgate::pricing {
+
+// Token and unit counts as the upstream reports them. cached and cache_write
+// are parts of prompt_tokens; reasoning is part of completion_tokens.
+struct usage {
+    std::int64_t prompt_tokens = 0;
+    std::int64_t completion_tokens = 0;
+    std::int64_t cached_tokens = 0;
+    std::int64_t cache_write_tokens = 0;
+    std::int64_t reasoning_tokens = 0;
+    std::int64_t web_search_calls = 0;
+    std::int64_t input_images = 0;
+};
+
+// The accepted range of a count; beyond it a cost is `out_of_range`.
+inline constexpr std::int64_t max_count = 1'000'000'000;
+
+enum class cost_status : std::uint8_t {
+    ok,
+    invalid_usage,  // negative counts, or parts larger than their whole
+    unpriced,       // the prices are unknown ("-1") or lack prompt/completion
+    out_of_range,   // a count above max_count or a cost above max_pico
+};
+std::string_view to_string(cost_status status);
+
+struct cost_result {
+    cost_status status = cost_status::ok;
+    std::int64_t provider_cost_pico = 0;
+};
+
+// cost = (prompt - cached - cache_write) x prompt + cached x input_cache_read
+//      + cache_write x input_cache_write + (completion - reasoning) x completion
+//      + reasoning x internal_reasoning + request + web_search x calls
+//      + image x input images.
+// Absent cache keys fall back to `prompt`, absent internal_reasoning to
+// `completion`, the rest to zero.
+cost_result catalog_cost(const price_table& prices, const usage& u);
+
+// A tier's pricing policy (SPEC section 3), as data an admin may override.
+struct tier_policy {
+    std::string id;
+    bool free_models_only = false;
+    std::int64_t markup_paid_bps = 0;               // on paid models, basis points of the provider cost
+    std::int64_t markup_free_micros_per_token = 0;  // flat, on free models
+    std::int64_t monthly_credits_micros = 0;
+    std::int64_t price_micros = 0;
+    int rollover_percent = 0;
+    std::int64_t default_overage_limit_micros = 0;
+    bool byok_available = false;
+};
+// The SPEC section 3 defaults: free, starter, professional, enterprise.
+const std::vector<tier_policy>& default_tier_policies();
+
+struct charge {
+    cost_status status = cost_status::ok;
+    std::int64_t provider_cost_pico = 0;
+    std::int64_t markup_pico = 0;
+    std::int64_t charged_micros = 0;        // round_half_up((cost + markup) / 1e6): what moves money
+    std::int64_t provider_cost_micros = 0;  // each rounded on its own, for reporting
+    std::int64_t markup_micros = 0;
+};
+
+// Markup and charge for a call whose provider cost is known. `byok` calls
+// carry no markup (and the ledger charges them 0).
+charge price_call(std::int64_t provider_cost_pico, bool model_free, std::int64_t total_tokens,
+                  const tier_policy& tier, bool byok);
+
+}  // namespace tollgate::pricing

@@ -137,15 +137,7 @@ struct rollup_key {
     }
 };
 
-struct rollup_delta {
-    std::int64_t requests = 0;
-    std::int64_t prompt_tokens = 0;
-    std::int64_t completion_tokens = 0;
-    std::int64_t provider_cost_micros = 0;
-    std::int64_t markup_micros = 0;
-    std::int64_t charged_micros = 0;
-    std::int64_t refunded_micros = 0;
-};
+using rollup_delta = usage_totals;  // what one batch adds to a usage_daily row
 
 struct idempotency_row {
     std::string scope;
@@ -263,6 +255,12 @@ struct ledger::impl {
 
     // Waiting for space keeps the pending batch bounded.
     void wait_for_space(std::unique_lock<std::mutex>& lock);
+    // The start of every change: takes mu (deferred `lock`), waits for room
+    // in the pending batch; false when the ledger has stopped.
+    bool lock_for_change(std::unique_lock<std::mutex>& lock);
+    // A user with due periods rolled and grants expired; nullptr if unknown.
+    // Requires mu.
+    user_book* current_user(std::int64_t user_id, time_ms at);
     // Waiting for a commit on the writer thread would wait forever: abort.
     void refuse_on_writer_thread(const char* what) const;
     std::thread::id writer_id;

@@ -135,6 +135,19 @@ void ledger::impl::wait_for_space(std::unique_lock<std::mutex>& lock) {
     space_cv.wait(lock, [&] { return pending.operations < max_pending_operations || stopping; });
 }
 
+bool ledger::impl::lock_for_change(std::unique_lock<std::mutex>& lock) {
+    lock.lock();
+    wait_for_space(lock);
+    return !stopping;
+}
+
+user_book* ledger::impl::current_user(std::int64_t user_id, time_ms at) {
+    const auto it = users.find(user_id);
+    if (it == users.end()) return nullptr;
+    bring_up_to_date(it->second, at);
+    return &it->second;
+}
+
 void ledger::impl::refuse_on_writer_thread(const char* what) const {
     if (std::this_thread::get_id() == writer_id) {
         std::fprintf(stderr, "tollgate ledger: %s from an on_durable callback would wait for itself; aborting\n", what);
@@ -232,9 +245,8 @@ user_outcome ledger::create_user(const new_user& request) {
         return {result::invalid_argument};
     }
     auto& m = *impl_;
-    std::unique_lock lock(m.mu);
-    m.wait_for_space(lock);
-    if (m.stopping) return {result::storage_failed};
+    std::unique_lock lock(m.mu, std::defer_lock);
+    if (!m.lock_for_change(lock)) return {result::storage_failed};
     const auto tier_it = m.tiers_by_id.find(request.tier);
     if (tier_it == m.tiers_by_id.end()) return {result::unknown_tier};
     if (m.user_by_email.count(request.email)) return {result::user_exists};
@@ -307,9 +319,8 @@ std::optional<subscription> ledger::find_subscription(std::int64_t user_id) {
 simple_outcome ledger::set_overage_limit(std::int64_t user_id, std::int64_t overage_limit_micros) {
     if (overage_limit_micros < 0 || overage_limit_micros > max_amount_micros) return {result::invalid_amount};
     auto& m = *impl_;
-    std::unique_lock lock(m.mu);
-    m.wait_for_space(lock);
-    if (m.stopping) return {result::storage_failed};
+    std::unique_lock lock(m.mu, std::defer_lock);
+    if (!m.lock_for_change(lock)) return {result::storage_failed};
     const auto it = m.users.find(user_id);
     if (it == m.users.end()) return {result::unknown_user};
     it->second.overage_limit_micros = overage_limit_micros;
@@ -320,9 +331,8 @@ simple_outcome ledger::set_overage_limit(std::int64_t user_id, std::int64_t over
 simple_outcome ledger::set_user_status(std::int64_t user_id, const std::string& status) {
     if (status != "active" && status != "suspended" && status != "deleted") return {result::invalid_argument};
     auto& m = *impl_;
-    std::unique_lock lock(m.mu);
-    m.wait_for_space(lock);
-    if (m.stopping) return {result::storage_failed};
+    std::unique_lock lock(m.mu, std::defer_lock);
+    if (!m.lock_for_change(lock)) return {result::storage_failed};
     const auto it = m.users.find(user_id);
     if (it == m.users.end()) return {result::unknown_user};
     it->second.record.status = status;
@@ -360,9 +370,8 @@ key_outcome ledger::create_key(key_record key) {
     auto& m = *impl_;
     commit_seq seq = 0;
     {
-        std::unique_lock lock(m.mu);
-        m.wait_for_space(lock);
-        if (m.stopping) return {result::storage_failed, 0};
+        std::unique_lock lock(m.mu, std::defer_lock);
+        if (!m.lock_for_change(lock)) return {result::storage_failed, 0};
         if (!m.users.count(key.user_id)) return {result::unknown_user, 0};
         if (m.key_hashes.count(key.key_hash)) return {result::key_exists, 0};
         key.id = m.next_key_id++;
@@ -433,9 +442,8 @@ std::vector<key_record> ledger::list_keys(std::int64_t user_id) {
 
 simple_outcome ledger::revoke_key(std::int64_t key_id) {
     auto& m = *impl_;
-    std::unique_lock lock(m.mu);
-    m.wait_for_space(lock);
-    if (m.stopping) return {result::storage_failed};
+    std::unique_lock lock(m.mu, std::defer_lock);
+    if (!m.lock_for_change(lock)) return {result::storage_failed};
     if (!m.key_ids.count(key_id)) return {result::unknown_key};
     const time_ms at = m.now();
     m.pending.statements.push_back([key_id, at](sql::database& db) {
@@ -508,16 +516,14 @@ grant_outcome ledger::grant(const grant_request& r) {
 
     grant_outcome out;
     {
-        std::unique_lock lock(m.mu);
-        m.wait_for_space(lock);
-        if (m.stopping) return {result::storage_failed};
+        std::unique_lock lock(m.mu, std::defer_lock);
+        if (!m.lock_for_change(lock)) return {result::storage_failed};
         const time_ms at = m.now();
         if (r.expires_at_ms && *r.expires_at_ms <= at) return {result::grant_expired};
-        const auto it = m.users.find(r.user_id);
-        if (it == m.users.end()) return {result::unknown_user};
-        auto& u = it->second;
+        user_book* const found = m.current_user(r.user_id, at);
+        if (!found) return {result::unknown_user};
+        auto& u = *found;
         if (u.balance_micros + r.amount_micros > max_balance_micros) return {result::amount_overflow};
-        m.bring_up_to_date(u, at);
 
         grant_row row;
         row.kind = r.kind;
@@ -547,14 +553,12 @@ hold_outcome ledger::reserve(std::int64_t user_id, std::int64_t max_micros, std:
     if (!valid_amount(max_micros)) return {result::invalid_amount};
     if (request_id.empty() || !valid_text(request_id)) return {result::invalid_argument};
     auto& m = *impl_;
-    std::unique_lock lock(m.mu);
-    m.wait_for_space(lock);
-    if (m.stopping) return {result::storage_failed};
-    const auto it = m.users.find(user_id);
-    if (it == m.users.end()) return {result::unknown_user};
-    auto& u = it->second;
+    std::unique_lock lock(m.mu, std::defer_lock);
+    if (!m.lock_for_change(lock)) return {result::storage_failed};
     const time_ms at = m.now();
-    m.bring_up_to_date(u, at);
+    user_book* const found = m.current_user(user_id, at);
+    if (!found) return {result::unknown_user};
+    auto& u = *found;
     std::string request(request_id);
     if (m.hold_by_request.count(request)) return {result::duplicate_request};
     const std::int64_t available = u.available_micros();
@@ -574,9 +578,8 @@ charge_outcome ledger::settle(std::int64_t hold_id, std::int64_t charged_micros,
     if (charged_micros < 0 || charged_micros > max_amount_micros) return {result::invalid_amount};
     if (!valid_usage(usage)) return {result::invalid_argument};
     auto& m = *impl_;
-    std::unique_lock lock(m.mu);
-    m.wait_for_space(lock);
-    if (m.stopping) return {result::storage_failed};
+    std::unique_lock lock(m.mu, std::defer_lock);
+    if (!m.lock_for_change(lock)) return {result::storage_failed};
     if (usage.key_id && !m.key_ids.count(*usage.key_id)) return {result::unknown_key};
     auto it = m.holds.find(hold_id);
     if (it == m.holds.end()) {
@@ -618,9 +621,8 @@ charge_outcome ledger::settle(std::int64_t hold_id, std::int64_t charged_micros,
 
 simple_outcome ledger::release(std::int64_t hold_id) {
     auto& m = *impl_;
-    std::unique_lock lock(m.mu);
-    m.wait_for_space(lock);
-    if (m.stopping) return {result::storage_failed};
+    std::unique_lock lock(m.mu, std::defer_lock);
+    if (!m.lock_for_change(lock)) return {result::storage_failed};
     const auto it = m.holds.find(hold_id);
     if (it == m.holds.end()) {
         return {hold_id > 0 && hold_id < m.next_hold_id ? result::hold_closed : result::unknown_hold};
@@ -666,14 +668,12 @@ charge_outcome ledger::deduct(const deduct_request& r) {
 
     charge_outcome out;
     {
-        std::unique_lock lock(m.mu);
-        m.wait_for_space(lock);
-        if (m.stopping) return {result::storage_failed};
-        const auto it = m.users.find(r.user_id);
-        if (it == m.users.end()) return {result::unknown_user};
-        auto& u = it->second;
+        std::unique_lock lock(m.mu, std::defer_lock);
+        if (!m.lock_for_change(lock)) return {result::storage_failed};
         const time_ms at = m.now();
-        m.bring_up_to_date(u, at);
+        user_book* const found = m.current_user(r.user_id, at);
+        if (!found) return {result::unknown_user};
+        auto& u = *found;
         const std::int64_t available = u.available_micros();
         if (available < r.amount_micros) {
             out.code = result::insufficient_credits;
@@ -752,14 +752,12 @@ grant_outcome ledger::refund(const refund_request& r) {
 
     grant_outcome out;
     {
-        std::unique_lock lock(m.mu);
-        m.wait_for_space(lock);
-        if (m.stopping) return {result::storage_failed};
-        const auto it = m.users.find(r.user_id);
-        if (it == m.users.end()) return {result::unknown_user};
-        auto& u = it->second;
+        std::unique_lock lock(m.mu, std::defer_lock);
+        if (!m.lock_for_change(lock)) return {result::storage_failed};
         const time_ms at = m.now();
-        m.bring_up_to_date(u, at);
+        user_book* const found = m.current_user(r.user_id, at);
+        if (!found) return {result::unknown_user};
+        auto& u = *found;
         grant_row row;
         row.kind = grant_kind::refund;
         row.amount_micros = r.amount_micros;
@@ -845,15 +843,13 @@ maintenance_outcome ledger::roll_periods() {
 
 std::optional<balance> ledger::get_balance(std::int64_t user_id) {
     auto& m = *impl_;
-    std::unique_lock lock(m.mu);
-    m.wait_for_space(lock);
-    if (m.stopping) return std::nullopt;  // the book ran ahead of a failed commit: show nothing
-    const auto it = m.users.find(user_id);
-    if (it == m.users.end()) return std::nullopt;
-    auto& u = it->second;
+    std::unique_lock lock(m.mu, std::defer_lock);
+    if (!m.lock_for_change(lock)) return std::nullopt;  // the book ran ahead of a failed commit: show nothing
     // Due expiries and period rolls first, so balance, available and by_kind
     // all describe the same moment (balance = sum(by_kind) - debt).
-    m.bring_up_to_date(u, m.now());
+    user_book* const found = m.current_user(user_id, m.now());
+    if (!found) return std::nullopt;
+    auto& u = *found;
     balance b;
     b.user_id = user_id;
     b.balance_micros = u.balance_micros;

@@ -3,6 +3,7 @@
 #include "test_support.hpp"
 
 #include <fmt/format.h>
+#include <sqlite3.h>
 
 #include <future>
 #include <limits>
@@ -544,6 +545,20 @@ TEST_CASE("state survives reopening; orphaned holds are released and audited", "
     }
     auto l = open_ledger(path, clock);
     CHECK(l->orphaned_holds_released() == 1);
+    {
+        // The release is in the audit log, naming the hold and its request.
+        sqlite3* db = nullptr;
+        REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+        sqlite3_stmt* s = nullptr;
+        REQUIRE(sqlite3_prepare_v2(db, "SELECT actor, action, detail FROM admin_audit", -1, &s, nullptr) == SQLITE_OK);
+        REQUIRE(sqlite3_step(s) == SQLITE_ROW);
+        CHECK(std::string(reinterpret_cast<const char*>(sqlite3_column_text(s, 1))) == "hold.orphan_released");
+        CHECK(std::string(reinterpret_cast<const char*>(sqlite3_column_text(s, 2))).find("in-flight") !=
+              std::string::npos);
+        CHECK(sqlite3_step(s) == SQLITE_DONE);
+        sqlite3_finalize(s);
+        sqlite3_close(db);
+    }
     const auto b = balance_of(*l, user);
     CHECK(b.balance_micros == 7'500'000);
     CHECK(b.reserved_micros == 0);

@@ -7,6 +7,7 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <map>
 
 namespace tollgate::pricing {
 
@@ -150,12 +151,15 @@ void classify(model& m) {
         if (mod != "text" && mod != "embeddings") text_like = false;
     }
     if (m.output_modalities.empty()) text_like = true;  // the 2025 snapshots predate the field: text models
-    const bool missing_token_price = !p.get(price_key::prompt) || !p.get(price_key::completion);
+    // A TTS model is priced per character instead of per token.
+    const bool missing_token_price =
+        (!p.get(price_key::prompt) || !p.get(price_key::completion)) && !m.input_pico_per_character;
     // Zero token prices on an image, audio, video or rerank model mean "priced
     // per unit elsewhere", whatever per-unit keys the model lists.
-    const bool zero_token_prices = !missing_token_price && *p.get(price_key::prompt) == 0 &&
-                                   *p.get(price_key::completion) == 0;
-    m.free = ends_free || (all_zero && !p.has_unknown && !missing_token_price && text_like);
+    const bool zero_token_prices = p.get(price_key::prompt).value_or(0) == 0 &&
+                                   p.get(price_key::completion).value_or(0) == 0 &&
+                                   m.input_pico_per_character.value_or(0) == 0;
+    m.free = ends_free || (all_zero && zero_token_prices && !p.has_unknown && !missing_token_price && text_like);
     m.unpriced = !m.free && (p.has_unknown || missing_token_price || (zero_token_prices && !text_like));
 }
 
@@ -277,6 +281,159 @@ catalog_result parse_openrouter_models(std::string_view json) {
     }
     out.value = std::make_shared<const catalog>(std::move(models), content_hash_of(json));
     return out;
+}
+
+
+namespace {
+
+// LiteLLM key -> our price key; `*_above_<N>k_tokens` variants of these
+// become overrides.
+struct litellm_key {
+    std::string_view name;
+    price_key key;
+};
+constexpr litellm_key litellm_keys[] = {
+    {"input_cost_per_token", price_key::prompt},
+    {"output_cost_per_token", price_key::completion},
+    {"cache_read_input_token_cost", price_key::input_cache_read},
+    {"cache_creation_input_token_cost", price_key::input_cache_write},
+    {"output_cost_per_reasoning_token", price_key::internal_reasoning},
+};
+
+std::optional<price_key> litellm_price_key(std::string_view name) {
+    for (const auto& k : litellm_keys) {
+        if (k.name == name) return k.key;
+    }
+    return std::nullopt;
+}
+
+// "input_cost_per_token_above_200k_tokens" -> ("input_cost_per_token", 200000)
+std::optional<std::pair<std::string_view, std::int64_t>> split_above(std::string_view name) {
+    constexpr std::string_view marker = "_above_", suffix = "_tokens";
+    const auto at = name.find(marker);
+    if (at == std::string_view::npos || name.size() < suffix.size() ||
+        name.substr(name.size() - suffix.size()) != suffix) {
+        return std::nullopt;
+    }
+    std::string_view number = name.substr(at + marker.size(), name.size() - suffix.size() - at - marker.size());
+    std::int64_t multiplier = 1;
+    if (!number.empty() && (number.back() == 'k' || number.back() == 'K')) {
+        multiplier = 1000;
+        number.remove_suffix(1);
+    }
+    if (number.empty() || number.size() > 9) return std::nullopt;
+    std::int64_t n = 0;
+    for (const char c : number) {
+        if (c < '0' || c > '9') return std::nullopt;
+        n = n * 10 + (c - '0');
+    }
+    return std::pair{name.substr(0, at), n * multiplier};
+}
+
+std::vector<std::string> modalities_of_mode(std::string_view mode) {
+    if (mode == "chat" || mode == "completion" || mode == "responses" || mode == "realtime") return {"text"};
+    if (mode == "embedding") return {"embeddings"};
+    if (mode == "audio_speech") return {"speech"};
+    if (mode.empty()) return {};
+    return {std::string(mode)};
+}
+
+}  // namespace
+
+catalog_result parse_litellm_prices(std::string_view json) {
+    simdjson::ondemand::parser parser;
+    const simdjson::padded_string padded(json);
+    simdjson::ondemand::document doc;
+    object root;
+    if (parser.iterate(padded).get(doc) || doc.get_object().get(root))
+        return {catalog_status::invalid_json, "not a JSON object", nullptr};
+    std::vector<model> models;
+    for (auto entry : root) {
+        std::string_view id;
+        value v;
+        if (entry.unescaped_key().get(id) || entry.value().get(v))
+            return {catalog_status::invalid_json, "malformed entry", nullptr};
+        // Documentation and routing rules, not models.
+        if (id == "sample_spec" || id == "fallback_generalizations") continue;
+        object o;
+        if (v.get_object().get(o)) continue;  // not a model (e.g. a list of generalizations)
+        model m;
+        m.id = std::string(id);
+        m.name = m.id;
+        std::string mode;
+        std::string error;
+        std::map<std::int64_t, price_table> tiers;  // min_prompt_tokens -> replacement prices
+        for (auto field : o) {
+            std::string_view key;
+            value fv;
+            if (field.unescaped_key().get(key) || field.value().get(fv))
+                return {catalog_status::invalid_json, fmt::format("{}: malformed field", id), nullptr};
+            if (key == "mode") {
+                std::string_view text;
+                if (!fv.get_string().get(text)) mode = std::string(text);
+            } else if (key == "max_input_tokens") {
+                m.context_length = read_optional_int(fv);
+            } else if (key == "max_output_tokens") {
+                m.max_completion_tokens = read_optional_int(fv);
+            } else if (key == "input_cost_per_character") {
+                price_table one;
+                if (!read_price("prompt", fv, one, error))
+                    return {catalog_status::invalid_model, fmt::format("{}: {}", id, error), nullptr};
+                m.input_pico_per_character = one.get(price_key::prompt);
+            } else if (const auto k = litellm_price_key(key)) {
+                if (!read_price(to_string(*k), fv, m.base, error))
+                    return {catalog_status::invalid_model, fmt::format("{}: {}", id, error), nullptr};
+            } else if (const auto above = split_above(key)) {
+                const auto base_key = litellm_price_key(above->first);
+                if (!base_key) continue;  // tiers of prices we do not model (audio seconds, images)
+                if (!read_price(to_string(*base_key), fv, tiers[above->second], error))
+                    return {catalog_status::invalid_model, fmt::format("{}: {}", id, error), nullptr};
+            }
+        }
+        for (auto& [threshold, prices] : tiers) {  // ascending: a higher tier is a later entry and wins
+            price_override tier;
+            tier.min_prompt_tokens = threshold;
+            tier.prices = prices;
+            m.overrides.push_back(std::move(tier));
+        }
+        m.output_modalities = modalities_of_mode(mode);
+        classify(m);
+        models.push_back(std::move(m));
+    }
+    return {catalog_status::ok, "", std::make_shared<const catalog>(std::move(models), content_hash_of(json))};
+}
+
+namespace {
+// Python's str.isspace: Unicode White_Space with bidi class WS, B or S, or
+// category Zs.
+bool is_python_space(std::uint32_t c) {
+    return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
+}
+}  // namespace
+
+std::int64_t count_tts_characters(std::string_view utf8) {
+    std::int64_t count = 0;
+    std::size_t i = 0;
+    const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(utf8[k]); };
+    while (i < utf8.size()) {
+        const unsigned char b = byte(i);
+        std::size_t length = b < 0x80 ? 1 : (b >> 5) == 0x6 ? 2 : (b >> 4) == 0xe ? 3 : (b >> 3) == 0x1e ? 4 : 0;
+        std::uint32_t c = length == 1 ? b : length == 2 ? (b & 0x1fu) : length == 3 ? (b & 0x0fu) : (b & 0x07u);
+        bool valid = length != 0 && i + length <= utf8.size();
+        for (std::size_t k = 1; valid && k < length; ++k) {
+            if ((byte(i + k) & 0xc0) != 0x80) valid = false;
+            c = (c << 6) | (byte(i + k) & 0x3fu);
+        }
+        if (!valid) {  // an invalid byte is one character
+            ++count;
+            ++i;
+            continue;
+        }
+        if (!is_python_space(c)) ++count;
+        i += length;
+    }
+    return count;
 }
 
 }  // namespace tollgate::pricing

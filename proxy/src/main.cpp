@@ -54,13 +54,13 @@ std::optional<std::string> read_file(const std::string& path) {
     return text;
 }
 
-std::shared_ptr<const pricing::catalog> load_catalog(const std::string& path) {
+std::shared_ptr<const pricing::catalog> load_catalog(const std::string& path, bool litellm = false) {
     const auto text = read_file(path);
     if (!text) {
         fmt::print(stderr, "tollgate: cannot read {}\n", path);
         return nullptr;
     }
-    auto parsed = pricing::parse_openrouter_models(*text);
+    auto parsed = litellm ? pricing::parse_litellm_prices(*text) : pricing::parse_openrouter_models(*text);
     if (parsed.status != pricing::catalog_status::ok) {
         fmt::print(stderr, "tollgate: {}: {} ({})\n", path, parsed.message, pricing::to_string(parsed.status));
         return nullptr;
@@ -69,11 +69,12 @@ std::shared_ptr<const pricing::catalog> load_catalog(const std::string& path) {
 }
 
 int run_catalog_inspect(const std::vector<std::string>& args) {
-    if (args.size() < 3 || args[1] != "inspect") {
-        fmt::print(stderr, "usage: tollgate catalog inspect FILE\n");
+    const auto format = flag_value(args, "--format").value_or("openrouter");
+    if (args.size() < 3 || args[1] != "inspect" || (format != "openrouter" && format != "litellm")) {
+        fmt::print(stderr, "usage: tollgate catalog inspect FILE [--format openrouter|litellm]\n");
         return 2;
     }
-    const auto c = load_catalog(args[2]);
+    const auto c = load_catalog(args[2], format == "litellm");
     if (!c) return 1;
     std::size_t free = 0, unpriced = 0, with_overrides = 0;
     for (const auto& m : c->models()) {
@@ -174,8 +175,9 @@ Commands:
   migrate          apply pending schema migrations (refused while a server holds the database)
   check-ledger     prove the ledger invariants (read-only, safe on a live database)
   demo             create a demo database with a few users and print their balances
-  catalog inspect FILE
-                   summarise an OpenRouter /models file as JSON {models, free, unpriced, with_overrides}
+  catalog inspect FILE [--format openrouter|litellm]
+                   summarise an OpenRouter /models file (or LiteLLM's price map) as JSON
+                   {models, free, unpriced, with_overrides}
   quote --catalog FILE --model ID --tier TIER --prompt-tokens N --completion-tokens N
         [--cached-tokens N] [--reasoning-tokens N] [--upstream-cost DECIMAL] [--at HH:MM]
                    price one call as JSON {model, free, provider_cost_pico, markup_pico,

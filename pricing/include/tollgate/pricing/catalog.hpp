@@ -7,6 +7,7 @@
 #include "tollgate/pricing/money.hpp"
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -66,6 +67,9 @@ struct model {
     std::vector<std::string> output_modalities;
     price_table base;
     std::vector<price_override> overrides;
+    // TTS (LiteLLM's input_cost_per_character): pico-USD per non-whitespace
+    // code point of the input text.
+    std::optional<std::int64_t> input_pico_per_character;
     bool free = false;      // SPEC 3: ":free", or all prices zero on a text/embeddings model
     bool unpriced = false;  // SPEC 3: "-1", missing prompt/completion, or zero prices on a per-unit model
 
@@ -106,5 +110,29 @@ struct catalog_result {
 
 // Parses an OpenRouter `/models` answer ({"data": [model, ...]}).
 catalog_result parse_openrouter_models(std::string_view json);
+
+// Parses LiteLLM's `model_prices_and_context_window.json` shape: an object of
+// model name -> {input_cost_per_token, output_cost_per_token, ...} with JSON
+// numbers (read exactly from their text). `*_above_<N>k_tokens` prices become
+// overrides with min_prompt_tokens N*1000; `sample_spec` and other non-model
+// entries are skipped.
+catalog_result parse_litellm_prices(std::string_view json);
+
+// Unicode code points of `utf8` that are not whitespace in Python's
+// str.isspace sense (how LiteLLM counts TTS characters). An invalid byte
+// counts as one character.
+std::int64_t count_tts_characters(std::string_view utf8);
+
+// The live catalog: replaced whole by a refresh, read without ever seeing
+// half of one. Readers hold their snapshot as long as they need it.
+class catalog_store {
+public:
+    explicit catalog_store(std::shared_ptr<const catalog> initial) : current_(std::move(initial)) {}
+    std::shared_ptr<const catalog> get() const { return current_.load(std::memory_order_acquire); }
+    void replace(std::shared_ptr<const catalog> next) { current_.store(std::move(next), std::memory_order_release); }
+
+private:
+    std::atomic<std::shared_ptr<const catalog>> current_;
+};
 
 }  // namespace tollgate::pricing

@@ -1,5 +1,8 @@
 #include "tollgate/pricing/cost.hpp"
 
+#include <algorithm>
+#include <initializer_list>
+
 namespace tollgate::pricing {
 
 namespace {
@@ -84,6 +87,57 @@ charge price_call(std::int64_t provider_cost_pico, bool model_free, std::int64_t
     c.provider_cost_micros = pico_to_micros_half_up(c.provider_cost_pico);
     c.markup_micros = pico_to_micros_half_up(c.markup_pico);
     return c;
+}
+
+hold_result hold_estimate(const model& m, const hold_request& request, const tier_policy& tier,
+                          const hold_policy& policy) {
+    if (request.prompt_tokens_counted < 0 || request.n < 1 || request.input_images < 0 ||
+        (request.max_tokens && *request.max_tokens < 0)) {
+        return {cost_status::invalid_usage, 0};
+    }
+    if (request.prompt_tokens_counted > max_count || request.n > 128 || request.input_images > max_count ||
+        (request.max_tokens && *request.max_tokens > max_count)) {
+        return {cost_status::out_of_range, 0};
+    }
+    if (m.unpriced) return {cost_status::ok, policy.router_cap_micros};
+
+    // The highest price each key can reach, over the base and every override.
+    price_table top = m.base;
+    for (const auto& o : m.overrides) {
+        for (std::size_t k = 0; k < price_key_count; ++k) {
+            if (o.prices.pico[k] && (!top.pico[k] || *o.prices.pico[k] > *top.pico[k])) top.pico[k] = o.prices.pico[k];
+        }
+    }
+    const auto highest = [&](std::initializer_list<price_key> keys) {
+        std::int64_t best = 0;
+        for (const auto k : keys) best = std::max(best, top.get(k).value_or(0));
+        return wide(best);
+    };
+    const wide prompt_tokens = wide(request.prompt_tokens_counted) * (100 + policy.prompt_margin_percent) / 100 +
+                               policy.prompt_margin_tokens + 1;
+    std::int64_t completion_tokens = policy.completion_cap_tokens;
+    if (request.max_tokens) {
+        completion_tokens = *request.max_tokens;
+    } else if (m.max_completion_tokens) {
+        completion_tokens = std::min(*m.max_completion_tokens, policy.completion_cap_tokens);
+    }
+    // Cached and cache-write tokens can cost more than plain prompt tokens
+    // (cache writes do), reasoning more than completion: take the highest.
+    const wide per_choice =
+        prompt_tokens * highest({price_key::prompt, price_key::input_cache_read, price_key::input_cache_write,
+                                 price_key::input_cache_write_1h}) +
+        wide(completion_tokens) * highest({price_key::completion, price_key::internal_reasoning});
+    const wide cost = per_choice * request.n + highest({price_key::request}) +
+                      wide(request.input_images) * highest({price_key::image});
+    if (cost > max_pico) return {cost_status::out_of_range, 0};
+    const wide tokens = (prompt_tokens + completion_tokens) * request.n;
+    if (tokens > 2 * wide(max_count)) return {cost_status::out_of_range, 0};
+    const auto priced = price_call(static_cast<std::int64_t>(cost), m.free, static_cast<std::int64_t>(tokens), tier,
+                                   false);
+    if (priced.status != cost_status::ok) return {priced.status, 0};
+    // Round up: the hold must cover the charge, which rounds half-up.
+    const std::int64_t total = priced.provider_cost_pico + priced.markup_pico;
+    return {cost_status::ok, (total + pico_per_micro - 1) / pico_per_micro};
 }
 
 }  // namespace tollgate::pricing

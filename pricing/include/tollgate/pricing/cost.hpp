@@ -76,4 +76,32 @@ struct charge {
 charge price_call(std::int64_t provider_cost_pico, bool model_free, std::int64_t total_tokens,
                   const tier_policy& tier, bool byok);
 
+// The hold estimate (SPEC section 5): the most a request can cost before it
+// runs, for admission. A bound, not a cap: the actual cost is charged even
+// above it (SPEC section 3).
+struct hold_request {
+    std::int64_t prompt_tokens_counted = 0;     // counted by tollgate (o200k), before the margin
+    std::optional<std::int64_t> max_tokens;     // max_tokens / max_completion_tokens, if the client set one
+    std::int64_t n = 1;                         // choices
+    std::int64_t input_images = 0;
+};
+
+struct hold_policy {
+    int prompt_margin_percent = 10;            // the upstream counts with the model's own tokenizer
+    std::int64_t prompt_margin_tokens = 16;    // and adds its chat framing
+    std::int64_t completion_cap_tokens = 32'768;  // a tier setting: bound when the client sets no max_tokens
+    std::int64_t router_cap_micros = 1'000'000;   // routers priced "-1": held at this cap ($1)
+};
+
+struct hold_result {
+    cost_status status = cost_status::ok;
+    std::int64_t hold_micros = 0;  // rounded up: a bound
+};
+
+// For an unpriced (router) model the hold is the router cap; for others the
+// highest price any override can reach is used for every key, so the bound
+// holds at any time of day and any prompt size within the margin.
+hold_result hold_estimate(const model& m, const hold_request& request, const tier_policy& tier,
+                          const hold_policy& policy);
+
 }  // namespace tollgate::pricing

@@ -7,7 +7,7 @@
 #include "tollgate/pricing/money.hpp"
 
 #include <array>
-#include <atomic>
+#include <mutex>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -124,15 +124,27 @@ catalog_result parse_litellm_prices(std::string_view json);
 std::int64_t count_tts_characters(std::string_view utf8);
 
 // The live catalog: replaced whole by a refresh, read without ever seeing
-// half of one. Readers hold their snapshot as long as they need it.
+// half of one. Readers hold their snapshot as long as they need it. A
+// refresh parses outside; the lock covers only the pointer exchange (a
+// reference-count increment for readers), so readers never wait on a
+// refresh. (libstdc++ 12's atomic<shared_ptr> does the same with a lock bit
+// that ThreadSanitizer cannot see; a mutex it can.)
 class catalog_store {
 public:
     explicit catalog_store(std::shared_ptr<const catalog> initial) : current_(std::move(initial)) {}
-    std::shared_ptr<const catalog> get() const { return current_.load(std::memory_order_acquire); }
-    void replace(std::shared_ptr<const catalog> next) { current_.store(std::move(next), std::memory_order_release); }
+    std::shared_ptr<const catalog> get() const {
+        std::lock_guard lock(mu_);
+        return current_;
+    }
+    void replace(std::shared_ptr<const catalog> next) {
+        std::lock_guard lock(mu_);
+        current_.swap(next);
+        // `next` (the old catalog) is released after the lock, by the last reader holding it.
+    }
 
 private:
-    std::atomic<std::shared_ptr<const catalog>> current_;
+    mutable std::mutex mu_;
+    std::shared_ptr<const catalog> current_;
 };
 
 }  // namespace tollgate::pricing

@@ -192,3 +192,21 @@ TEST_CASE("malformed catalogs are named errors", "[pricing][catalog]") {
     CHECK(half.value->find("x")->unpriced);
     CHECK_FALSE(half.value->find("x")->free);
 }
+
+TEST_CASE("the bundled snapshots ship inside the binary and parse", "[pricing][catalog]") {
+    // Byte for byte the 2026-08 all-modalities fixture and LiteLLM's map.
+    CHECK(bundled_openrouter_models() == fixture("openrouter-models-anuran-roy-2026-08-19-all-modalities.json"));
+    const auto openrouter = parse_openrouter_models(bundled_openrouter_models());
+    REQUIRE(openrouter.status == catalog_status::ok);
+    CHECK(openrouter.value->models().size() == 549);
+    CHECK(openrouter.value->find("openrouter/auto-beta"));
+    const auto litellm = parse_litellm_prices(bundled_litellm_prices());
+    REQUIRE(litellm.status == catalog_status::ok);
+    CHECK(litellm.value->models().size() == 2982);
+    // A refresh swaps the live catalog whole.
+    catalog_store store(openrouter.value);
+    const auto before = store.get();
+    store.replace(load("openrouter-models-madviking-2025-05-23.json"));
+    CHECK(store.get()->models().size() == 321);
+    CHECK(before->models().size() == 549);  // a reader's snapshot outlives the swap
+}

@@ -118,6 +118,11 @@ catalog_result parse_openrouter_models(std::string_view json);
 // entries are skipped.
 catalog_result parse_litellm_prices(std::string_view json);
 
+// The snapshots shipped inside the binary (pricing/data/): the fallback when
+// the upstreams' live lists cannot be reached.
+std::string_view bundled_openrouter_models();
+std::string_view bundled_litellm_prices();
+
 // Unicode code points of `utf8` that are not whitespace in Python's
 // str.isspace sense (how LiteLLM counts TTS characters). An invalid byte
 // counts as one character.

@@ -96,6 +96,39 @@ std::optional<std::int64_t> count_flag(const std::vector<std::string>& args, con
     return n;
 }
 
+// The UTC time of day (HHMM) of an RFC 3339 timestamp such as
+// 2026-08-19T02:00:00Z or 2026-08-19T04:30:00.5+02:30.
+std::optional<int> utc_hhmm_of_rfc3339(const std::string& text) {
+    int year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0, consumed = 0;
+    if (std::sscanf(text.c_str(), "%4d-%2d-%2d%*1[Tt ]%2d:%2d:%2d%n", &year, &month, &day, &hour, &minute, &second,
+                    &consumed) != 6 ||
+        month < 1 || month > 12 || day < 1 || day > 31 || hour > 23 || minute > 59 || second > 60) {
+        return std::nullopt;
+    }
+    std::size_t i = static_cast<std::size_t>(consumed);
+    if (i < text.size() && text[i] == '.') {
+        ++i;
+        const std::size_t digits = i;
+        while (i < text.size() && text[i] >= '0' && text[i] <= '9') ++i;
+        if (i == digits) return std::nullopt;
+    }
+    int offset_minutes = 0;
+    if (i < text.size() && (text[i] == 'Z' || text[i] == 'z')) {
+        ++i;
+    } else if (i < text.size() && (text[i] == '+' || text[i] == '-')) {
+        int oh = 0, om = 0, n = 0;
+        if (std::sscanf(text.c_str() + i + 1, "%2d:%2d%n", &oh, &om, &n) != 2 || n != 5 || oh > 23 || om > 59)
+            return std::nullopt;
+        offset_minutes = (text[i] == '+' ? 1 : -1) * (oh * 60 + om);
+        i += 6;
+    } else {
+        return std::nullopt;
+    }
+    if (i != text.size()) return std::nullopt;
+    const int minutes = ((hour * 60 + minute - offset_minutes) % 1440 + 1440) % 1440;
+    return minutes / 60 * 100 + minutes % 60;
+}
+
 int quote_error(const char* code, const std::string& message) {
     fmt::print(stderr, "{{\"error\": {{\"code\": \"{}\", \"message\": {}}}}}\n", code, json_string(message));
     return 1;
@@ -112,7 +145,7 @@ int run_quote(const std::vector<std::string>& args) {
     if (!catalog_path || !model_id || !tier_id || !prompt || !completion || !cached || !reasoning) {
         fmt::print(stderr, "usage: tollgate quote --catalog FILE --model ID --tier TIER --prompt-tokens N "
                            "--completion-tokens N [--cached-tokens N] [--reasoning-tokens N] "
-                           "[--upstream-cost DECIMAL] [--at HH:MM]\n");
+                           "[--upstream-cost DECIMAL] [--at RFC3339-TIME]\n");
         return 2;
     }
     const pricing::tier_policy* tier = nullptr;
@@ -122,10 +155,9 @@ int run_quote(const std::vector<std::string>& args) {
     if (!tier) return quote_error("unknown_tier", fmt::format("no tier named {}", *tier_id));
     int hhmm = 0;
     if (const auto at = flag_value(args, "--at")) {
-        unsigned h = 0, m = 0;
-        if (std::sscanf(at->c_str(), "%2u:%2u", &h, &m) != 2 || h > 23 || m > 59)
-            return quote_error("invalid_time", "--at takes HH:MM (UTC)");
-        hhmm = static_cast<int>(h * 100 + m);
+        const auto parsed = utc_hhmm_of_rfc3339(*at);
+        if (!parsed) return quote_error("invalid_time", "--at takes an RFC 3339 time, e.g. 2026-08-19T02:00:00Z");
+        hhmm = *parsed;
     } else {
         const std::time_t now = std::time(nullptr);
         std::tm utc{};
@@ -179,7 +211,7 @@ Commands:
                    summarise an OpenRouter /models file (or LiteLLM's price map) as JSON
                    {models, free, unpriced, with_overrides}
   quote --catalog FILE --model ID --tier TIER --prompt-tokens N --completion-tokens N
-        [--cached-tokens N] [--reasoning-tokens N] [--upstream-cost DECIMAL] [--at HH:MM]
+        [--cached-tokens N] [--reasoning-tokens N] [--upstream-cost DECIMAL] [--at RFC3339-TIME]
                    price one call as JSON {model, free, provider_cost_pico, markup_pico,
                    charged_micros, price_source}
   --version        print the version

@@ -3,6 +3,7 @@
 #include "tollgate/ledger/ledger.hpp"
 #include "tollgate/pricing/catalog.hpp"
 #include "tollgate/pricing/cost.hpp"
+#include "tollgate/pricing/tokens.hpp"
 
 #include <fmt/format.h>
 
@@ -199,6 +200,24 @@ int run_quote(const std::vector<std::string>& args) {
     return 0;
 }
 
+int run_tokens(const std::vector<std::string>& args) {
+    const auto name = flag_value(args, "--encoding");
+    const auto e = name ? pricing::parse_encoding(*name) : std::nullopt;
+    if (!e) {
+        fmt::print(stderr, "usage: tollgate tokens --encoding o200k_base|cl100k_base < TEXT\n");
+        return 2;
+    }
+    std::string text;
+    char buffer[65536];
+    for (std::size_t n; (n = std::fread(buffer, 1, sizeof buffer, stdin)) > 0;) text.append(buffer, n);
+    if (std::ferror(stdin)) {
+        fmt::print(stderr, "tollgate tokens: cannot read standard input\n");
+        return 1;
+    }
+    fmt::print("{}\n", pricing::tokenizer::get(*e)->count(text));
+    return 0;
+}
+
 constexpr const char* usage_text = R"(tollgate — a transparent metering proxy for LLM APIs
 
 Usage: tollgate <command> [options]
@@ -214,6 +233,8 @@ Commands:
         [--cached-tokens N] [--reasoning-tokens N] [--upstream-cost DECIMAL] [--at RFC3339-TIME]
                    price one call as JSON {model, free, provider_cost_pico, markup_pico,
                    charged_micros, price_source}
+  tokens --encoding o200k_base|cl100k_base
+                   count the tokens of the UTF-8 text on standard input (invalid bytes count as U+FFFD)
   --version        print the version
   --help           print this help
 
@@ -341,6 +362,7 @@ int main(int argc, char** argv) {
     if (command == "demo") return run_demo(path);
     if (command == "catalog") return run_catalog_inspect(args);
     if (command == "quote") return run_quote(args);
+    if (command == "tokens") return run_tokens(args);
     fmt::print(stderr, "tollgate: unknown command '{}'\n\n{}", command, usage_text);
     return 2;
 }

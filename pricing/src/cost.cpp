@@ -56,6 +56,15 @@ cost_result catalog_cost(const price_table& prices, const usage& u) {
     return {cost_status::ok, static_cast<std::int64_t>(cost)};
 }
 
+cost_result tts_cost(const model& m, std::int64_t characters) {
+    if (characters < 0) return {cost_status::invalid_usage, 0};
+    if (characters > max_count) return {cost_status::out_of_range, 0};
+    if (!m.input_pico_per_character) return {cost_status::unpriced, 0};
+    const wide cost = wide(characters) * *m.input_pico_per_character + m.base.get(price_key::request).value_or(0);
+    if (cost > max_pico) return {cost_status::out_of_range, 0};
+    return {cost_status::ok, static_cast<std::int64_t>(cost)};
+}
+
 const std::vector<tier_policy>& default_tier_policies() {
     static const std::vector<tier_policy> tiers = {
         {"free", true, 0, 1, 10'000'000, 0, 0, 0, false},

@@ -165,7 +165,8 @@ int run_quote(const std::vector<std::string>& args) {
         gmtime_r(&now, &utc);
         hhmm = utc.tm_hour * 100 + utc.tm_min;
     }
-    const auto c = load_catalog(*catalog_path);
+    const auto format = flag_value(args, "--format").value_or("openrouter");
+    const auto c = load_catalog(*catalog_path, format == "litellm");
     if (!c) return 1;
     const pricing::model* m = c->find(*model_id);
     if (!m) return quote_error("model_not_found", fmt::format("{} is not in the catalog", *model_id));
@@ -183,7 +184,11 @@ int run_quote(const std::vector<std::string>& args) {
     } else {
         const pricing::usage u{.prompt_tokens = *prompt, .completion_tokens = *completion, .cached_tokens = *cached,
                                .reasoning_tokens = *reasoning};
-        const auto cost = pricing::catalog_cost(m->prices_for(*prompt, hhmm), u);
+        // TTS models are priced per character of the input (--characters).
+        const auto characters = count_flag(args, "--characters", false);
+        if (!characters) return quote_error("invalid_usage", "--characters takes a count");
+        const auto cost = m->input_pico_per_character ? pricing::tts_cost(*m, *characters)
+                                                      : pricing::catalog_cost(m->prices_for(*prompt, hhmm), u);
         if (cost.status == pricing::cost_status::unpriced)
             return quote_error("unpriced_model", fmt::format("{} is priced by the router: pass --upstream-cost", m->id));
         if (cost.status != pricing::cost_status::ok)
@@ -230,7 +235,8 @@ Commands:
                    summarise an OpenRouter /models file (or LiteLLM's price map) as JSON
                    {models, free, unpriced, with_overrides}
   quote --catalog FILE --model ID --tier TIER --prompt-tokens N --completion-tokens N
-        [--cached-tokens N] [--reasoning-tokens N] [--upstream-cost DECIMAL] [--at RFC3339-TIME]
+        [--cached-tokens N] [--reasoning-tokens N] [--characters N] [--upstream-cost DECIMAL]
+        [--at RFC3339-TIME] [--format openrouter|litellm]
                    price one call as JSON {model, free, provider_cost_pico, markup_pico,
                    charged_micros, price_source}
   tokens --encoding o200k_base|cl100k_base

@@ -77,6 +77,14 @@ TEST_CASE("LiteLLM: exact prices from number text, tiers above N tokens, TTS", "
     CHECK(tts.input_pico_per_character == 15'000'000);  // 1.5e-05
     CHECK_FALSE(tts.unpriced);
     CHECK_FALSE(tts.free);
+    // "Hello, world!" is 12 characters as LiteLLM counts them: 12 x 15,000,000 pico.
+    const auto cost = tts_cost(tts, count_tts_characters("Hello, world!"));
+    REQUIRE(cost.status == cost_status::ok);
+    CHECK(cost.provider_cost_pico == 180'000'000);
+    CHECK(price_call(cost.provider_cost_pico, tts.free, 0, default_tier_policies()[1], false).charged_micros == 198);
+    CHECK(tts_cost(tts, -1).status == cost_status::invalid_usage);
+    CHECK(tts_cost(tts, max_count + 1).status == cost_status::out_of_range);
+    CHECK(tts_cost(*c->find("gpt-4o"), 10).status == cost_status::unpriced);
 }
 
 TEST_CASE("TTS characters are code points that Python's isspace does not call space", "[pricing][litellm]") {

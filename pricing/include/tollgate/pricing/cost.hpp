@@ -47,6 +47,11 @@ struct cost_result {
 // `completion`, the rest to zero.
 cost_result catalog_cost(const price_table& prices, const usage& u);
 
+// TTS (SPEC 2): `characters` (count_tts_characters of the request's
+// `input`) x the model's per-character price, plus its per-request price.
+// `unpriced` for a model without a per-character price.
+cost_result tts_cost(const model& m, std::int64_t characters);
+
 // A tier's pricing policy (SPEC section 3), as data an admin may override.
 struct tier_policy {
     std::string id;

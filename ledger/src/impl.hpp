@@ -251,7 +251,10 @@ struct ledger::impl {
     void roll_one_boundary(user_book& u);
     void close_hold(hold_state& h, const char* state, time_ms at);
     void stage_usage(usage_row row);
-    void mark_idempotency_key(std::int64_t txn_id, const std::string& key);
+    // Records an idempotent grant's or refund's first answer under `key`
+    // (nothing when the key is empty), in the batch that holds the grant.
+    void stage_idempotency(const std::string& key, const std::string& fingerprint, const grant_outcome& first,
+                           time_ms at);
 
     // Waiting for space keeps the pending batch bounded.
     void wait_for_space(std::unique_lock<std::mutex>& lock);
@@ -264,7 +267,6 @@ struct ledger::impl {
     // Waiting for a commit on the writer thread would wait forever: abort.
     void refuse_on_writer_thread(const char* what) const;
     std::thread::id writer_id;
-    bool is_failed();
 
     // Readers.
     struct reader_lease {

@@ -116,18 +116,18 @@ time_ms ledger::impl::system_now_ms() {
         .count();
 }
 
-void ledger::impl::mark_idempotency_key(std::int64_t txn_id, const std::string& key) {
+void ledger::impl::stage_idempotency(const std::string& key, const std::string& fingerprint,
+                                     const grant_outcome& first, time_ms at) {
+    if (key.empty()) return;
     for (auto it = pending.transactions.rbegin(); it != pending.transactions.rend(); ++it) {
-        if (it->id == txn_id) {
+        if (it->id == first.transaction_id) {
             it->idempotency_key = key;
-            return;
+            break;
         }
     }
-}
-
-bool ledger::impl::is_failed() {
-    std::lock_guard lock(durable_mu);
-    return failed;
+    pending.idempotency.push_back(idempotency_row{
+        "ledger", key, fingerprint,
+        fmt::format("{} {} {}", first.grant_id, first.transaction_id, first.balance_micros), at});
 }
 
 void ledger::impl::wait_for_space(std::unique_lock<std::mutex>& lock) {
@@ -235,7 +235,8 @@ void ledger::flush() {
 }
 
 bool ledger::failed() const {
-    return impl_->is_failed();
+    std::lock_guard lock(impl_->durable_mu);
+    return impl_->failed;
 }
 
 // --- users ------------------------------------------------------------------
@@ -458,27 +459,18 @@ simple_outcome ledger::revoke_key(std::int64_t key_id) {
 
 namespace {
 
-// The committed answer to an idempotent call, looked up by scope and key.
-struct idempotency_hit {
-    std::string fingerprint;
-    std::string result;
-};
-
-std::optional<idempotency_hit> find_idempotency(sql::database& db, const std::string& key) {
+// The committed first answer of an idempotent grant or refund with this key
+// (written by impl::stage_idempotency): nullopt when the key is new,
+// idempotency_conflict when it came with another request.
+std::optional<grant_outcome> replay_of(sql::database& db, const std::string& key, const std::string& fingerprint) {
+    if (key.empty()) return std::nullopt;
     auto s = db.prepare("SELECT fingerprint, result FROM idempotency_keys WHERE scope = 'ledger' AND key = ?1");
     s->bind(1, key);
     if (!s->step()) return std::nullopt;
-    return idempotency_hit{s->text(0), s->text(1)};
-}
-
-std::string grant_result_text(std::int64_t grant_id, std::int64_t txn_id, std::int64_t balance_micros) {
-    return fmt::format("{} {} {}", grant_id, txn_id, balance_micros);
-}
-
-grant_outcome parse_grant_result(const std::string& text) {
+    if (s->text(0) != fingerprint) return grant_outcome{result::idempotency_conflict};
     grant_outcome out;
     long long g = 0, t = 0, b = 0;
-    if (std::sscanf(text.c_str(), "%lld %lld %lld", &g, &t, &b) == 3) {
+    if (std::sscanf(s->text(1).c_str(), "%lld %lld %lld", &g, &t, &b) == 3) {
         out.grant_id = g;
         out.transaction_id = t;
         out.balance_micros = b;
@@ -505,10 +497,7 @@ grant_outcome ledger::grant(const grant_request& r) {
         external = std::unique_lock(m.external_mu);
         try {
             auto db = m.reader();
-            if (auto hit = find_idempotency(*db.db, r.idempotency_key)) {
-                if (hit->fingerprint != fingerprint) return {result::idempotency_conflict};
-                return parse_grant_result(hit->result);
-            }
+            if (auto first = replay_of(*db.db, r.idempotency_key, fingerprint)) return *first;
         } catch (const sql::error&) {
             return {result::storage_failed};
         }
@@ -535,11 +524,7 @@ grant_outcome ledger::grant(const grant_request& r) {
         row.created_at_ms = at;
         const auto [grant_id, txn_id] = m.add_grant(u, row, "grant", r.actor, r.reason, std::nullopt);
         out = {result::ok, grant_id, txn_id, u.balance_micros, false, 0};
-        if (!r.idempotency_key.empty()) {
-            m.mark_idempotency_key(txn_id, r.idempotency_key);
-            m.pending.idempotency.push_back(idempotency_row{"ledger", r.idempotency_key, fingerprint,
-                                                            grant_result_text(grant_id, txn_id, u.balance_micros), at});
-        }
+        m.stage_idempotency(r.idempotency_key, fingerprint, out, at);
         out.seq = m.stage();
     }
     if (external.owns_lock()) {
@@ -721,12 +706,7 @@ grant_outcome ledger::refund(const refund_request& r) {
     std::string service, model;
     try {
         auto db = m.reader();
-        if (!r.idempotency_key.empty()) {
-            if (auto hit = find_idempotency(*db.db, r.idempotency_key)) {
-                if (hit->fingerprint != fingerprint) return {result::idempotency_conflict};
-                return parse_grant_result(hit->result);
-            }
-        }
+        if (auto first = replay_of(*db.db, r.idempotency_key, fingerprint)) return *first;
         std::optional<std::int64_t> target = r.usage_event_id;
         if (r.transaction_id) {
             auto s = db->prepare("SELECT usage_event_id FROM credit_transactions WHERE id = ?1 AND user_id = ?2");
@@ -768,11 +748,7 @@ grant_outcome ledger::refund(const refund_request& r) {
         row.created_at_ms = at;
         const auto [grant_id, txn_id] = m.add_grant(u, row, "refund", r.actor, r.reason, event_id);
         out = {result::ok, grant_id, txn_id, u.balance_micros, false, 0};
-        if (!r.idempotency_key.empty()) {
-            m.mark_idempotency_key(txn_id, r.idempotency_key);
-            m.pending.idempotency.push_back(idempotency_row{"ledger", r.idempotency_key, fingerprint,
-                                                            grant_result_text(grant_id, txn_id, u.balance_micros), at});
-        }
+        m.stage_idempotency(r.idempotency_key, fingerprint, out, at);
         m.pending.rollups[rollup_key{u.id, civil::format_day(at), service, model}].refunded_micros += r.amount_micros;
         out.seq = m.stage();
     }

@@ -4,8 +4,6 @@
 // open.
 #include "impl.hpp"
 
-#include <fmt/format.h>
-
 #include <algorithm>
 #include <chrono>
 

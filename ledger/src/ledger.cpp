@@ -455,6 +455,36 @@ simple_outcome ledger::revoke_key(std::int64_t key_id) {
     return {result::ok, m.stage()};
 }
 
+// --- settings ---------------------------------------------------------------
+
+std::optional<std::string> ledger::setting(std::string_view name) {
+    try {
+        auto db = impl_->reader();
+        auto s = db->prepare("SELECT value FROM settings WHERE name = ?1");
+        s->bind(1, std::string(name));
+        if (!s->step()) return std::nullopt;
+        return s->blob(0);
+    } catch (const sql::error&) {
+        return std::nullopt;
+    }
+}
+
+simple_outcome ledger::put_setting(const std::string& name, const std::string& value) {
+    if (name.empty() || !valid_text(name)) return {result::invalid_argument};
+    auto& m = *impl_;
+    std::unique_lock lock(m.mu, std::defer_lock);
+    if (!m.lock_for_change(lock)) return {result::storage_failed};
+    const time_ms at = m.now();
+    m.pending.statements.push_back([name, value, at](sql::database& db) {
+        auto s = db.prepare(
+            "INSERT INTO settings (name, value, updated_at_ms) VALUES (?1, ?2, ?3) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at_ms = excluded.updated_at_ms");
+        s->bind(1, name).bind_blob(2, value).bind(3, at);
+        s->run();
+    });
+    return {result::ok, m.stage()};
+}
+
 // --- money ------------------------------------------------------------------
 
 namespace {

@@ -1,9 +1,12 @@
-// The tollgate command. `serve` arrives with the proxy; today it offers the
-// ledger's commands and a demo.
+// The tollgate command: `serve`, the ledger's commands, the pricing tools
+// and a demo.
+#include "secrets.hpp"
 #include "tollgate/ledger/ledger.hpp"
 #include "tollgate/pricing/catalog.hpp"
 #include "tollgate/pricing/cost.hpp"
 #include "tollgate/pricing/tokens.hpp"
+#include "tollgate/proxy/config.hpp"
+#include "tollgate/proxy/server.hpp"
 
 #include <fmt/format.h>
 
@@ -14,6 +17,8 @@
 #include <memory>
 #include <optional>
 #include <iterator>
+#include <map>
+#include <unistd.h>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -22,6 +27,7 @@ namespace {
 
 namespace ledger = tollgate::ledger;
 namespace pricing = tollgate::pricing;
+namespace proxy = tollgate::proxy;
 
 std::optional<std::string> flag_value(const std::vector<std::string>& args, const std::string& flag) {
     for (std::size_t i = 0; i + 1 < args.size(); ++i) {
@@ -230,7 +236,8 @@ Usage: tollgate <command> [options]
 Commands:
   migrate          apply pending schema migrations (refused while a server holds the database)
   check-ledger     prove the ledger invariants (read-only, safe on a live database)
-  demo             create a demo database with a few users and print their balances
+  serve            run the proxy (configuration from TOLLGATE_* variables, see README)
+  demo             create a demo database with a few users, give each a new key, print balances
   catalog inspect FILE [--format openrouter|litellm]
                    summarise an OpenRouter /models file (or LiteLLM's price map) as JSON
                    {models, free, unpriced, with_overrides}
@@ -290,6 +297,23 @@ int run_check(const std::string& path) {
     return 0;
 }
 
+int run_serve() {
+    std::map<std::string, std::string> env;
+    for (char** e = environ; *e; ++e) {
+        const std::string_view entry(*e);
+        const auto eq = entry.find('=');
+        if (eq != std::string_view::npos && entry.starts_with("TOLLGATE_")) {
+            env.emplace(entry.substr(0, eq), entry.substr(eq + 1));
+        }
+    }
+    auto loaded = proxy::load_config(env);
+    if (!loaded.value) {
+        fmt::print(stderr, "tollgate serve: {}\n", loaded.error);
+        return 2;
+    }
+    return proxy::serve(*loaded.value);
+}
+
 int run_demo(const std::string& path) {
     auto opened = ledger::ledger::open(ledger::options{.path = path});
     if (!opened.value) {
@@ -334,15 +358,27 @@ int run_demo(const std::string& path) {
         }
     }
     l.flush();
-    fmt::print("demo database: {}\n\n{:<24} {:<14} {:>16} {:>16} {:>16}\n", path, "user", "tier", "balance",
-               "reserved", "available");
+    // A new key per demo user on every run: keys are shown only once.
+    std::string error;
+    const char* key_file = std::getenv("TOLLGATE_MASTER_KEY_FILE");
+    auto keys = proxy::secrets::open(key_file && *key_file ? key_file : "./tollgate.key", error);
+    if (!keys) {
+        fmt::print(stderr, "tollgate demo: {}\n", error);
+        return 1;
+    }
+    fmt::print("demo database: {}\n\n{:<24} {:<14} {:>14} {:>14} {:>14}  {}\n", path, "user", "tier", "balance",
+               "reserved", "available", "new key (shown once)");
     for (std::int64_t id = 1;; ++id) {
         const auto user = l.find_user(id);
         if (!user) break;
+        const auto secret = proxy::secrets::generate("tg_");
+        const auto key = l.create_key({.user_id = id, .key_hash = keys->hash(secret),
+                                       .key_prefix = proxy::secrets::display_prefix(secret), .name = "demo"});
         const auto b = l.get_balance(id);
         const auto sub = l.find_subscription(id);
-        fmt::print("{:<24} {:<14} {:>16} {:>16} {:>16}\n", user->email, sub ? sub->tier : "-", usd(b->balance_micros),
-                   usd(b->reserved_micros), usd(b->available_micros));
+        fmt::print("{:<24} {:<14} {:>14} {:>14} {:>14}  {}\n", user->email, sub ? sub->tier : "-",
+                   usd(b->balance_micros), usd(b->reserved_micros), usd(b->available_micros),
+                   key.code == ledger::result::ok ? secret : std::string(ledger::to_string(key.code)));
     }
     const auto report = l.check();
     fmt::print("\nledger check: {} ({} transactions)\n", report.ok ? "OK" : "FAILED", report.transactions_checked);
@@ -366,6 +402,7 @@ int main(int argc, char** argv) {
     if (command == "migrate") return run_migrate(path);
     if (command == "check-ledger") return run_check(path);
     if (command == "demo") return run_demo(path);
+    if (command == "serve") return run_serve();
     if (command == "catalog") return run_catalog_inspect(args);
     if (command == "quote") return run_quote(args);
     if (command == "tokens") return run_tokens(args);

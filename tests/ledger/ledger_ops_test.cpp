@@ -530,6 +530,27 @@ TEST_CASE("keys are stored by hash and can be revoked", "[ledger]") {
     require_ledger_ok(*l);
 }
 
+TEST_CASE("settings are opaque bytes kept across restarts", "[ledger]") {
+    temp_dir dir;
+    manual_clock clock;
+    const std::string value("\x00\x01hash\xff", 7);
+    {
+        auto l = open_ledger(dir.file("t.db"), clock);
+        CHECK_FALSE(l->setting("admin_token_hash"));
+        CHECK(l->put_setting("", "x").code == result::invalid_argument);
+        const auto put = l->put_setting("admin_token_hash", "first");
+        REQUIRE(put.code == result::ok);
+        const auto replaced = l->put_setting("admin_token_hash", value);
+        REQUIRE(l->wait_durable(replaced.seq));
+        CHECK(l->setting("admin_token_hash") == value);
+        require_ledger_ok(*l);
+    }
+    auto l = open_ledger(dir.file("t.db"), clock);
+    CHECK(l->setting("admin_token_hash") == value);
+    CHECK_FALSE(l->setting("other"));
+    require_ledger_ok(*l);
+}
+
 TEST_CASE("state survives reopening; orphaned holds are released and audited", "[ledger]") {
     temp_dir dir;
     manual_clock clock;

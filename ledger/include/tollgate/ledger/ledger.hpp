@@ -381,6 +381,10 @@ public:
     std::vector<key_record> list_keys(std::int64_t user_id);
     simple_outcome revoke_key(std::int64_t key_id);
 
+    // --- settings (opaque bytes by name: the admin token's hash) -------------
+    std::optional<std::string> setting(std::string_view name);
+    simple_outcome put_setting(const std::string& name, const std::string& value);
+
     // --- money -------------------------------------------------------------
     grant_outcome grant(const grant_request& request);
 

@@ -1,0 +1,60 @@
+// One request on a client connection, and the ways to answer it.
+#pragma once
+
+#include "app.hpp"
+#include "tollgate/proxy/asio.hpp"
+
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace tollgate::proxy {
+
+using request = net::http::request<net::http::string_body>;
+using header_list = std::vector<std::pair<std::string, std::string>>;
+
+struct exchange {
+    app& a;
+    net::beast::tcp_stream& client;
+    request& req;
+    std::string request_id;
+    bool keep_alive = true;
+    route_label route = route_label::other;
+    unsigned status = 0;  // what was answered (for /metrics)
+    bool client_broken = false;
+    upstream_conn* upstream = nullptr;  // while one is lent: closed by a shutdown cut-off
+};
+
+// OpenAI's error shape: {"error": {"message", "type", "code", "param"}}.
+std::string error_json(std::string_view message, std::string_view type, std::string_view code,
+                       std::string_view param = {});
+std::string json_escape(std::string_view text);
+// "12.345678" for 12,345,678 micros (exact, sign kept).
+std::string usd_text(std::int64_t micros);
+
+// The answer's common headers: x-request-id, keep-alive, nosniff.
+template <class Message>
+void common_headers(exchange& x, Message& m) {
+    m.set("x-request-id", x.request_id);
+    m.set(net::http::field::server, "tollgate");
+    m.set("x-content-type-options", "nosniff");
+    m.keep_alive(x.keep_alive);
+}
+
+net::awaitable<void> reply(exchange& x, unsigned status, std::string body, std::string_view content_type,
+                           const header_list& extra = {});
+net::awaitable<void> reply_error(exchange& x, unsigned status, std::string_view code, std::string_view message,
+                                 std::string_view param = {}, const header_list& extra = {});
+
+// A Retry-After header. (Built outside coroutines: GCC 12 cannot keep an
+// initializer list's array in a coroutine frame.)
+header_list retry_after(std::int64_t seconds);
+
+// Waits, without blocking the thread, until the ledger has committed `seq`.
+net::awaitable<bool> durable(app& a, ledger::commit_seq seq);
+
+// The bearer token of an Authorization header ("" when there is none).
+std::string_view bearer_of(const request& r);
+
+}  // namespace tollgate::proxy

@@ -1,0 +1,96 @@
+#include "keys.hpp"
+
+#include <cmath>
+
+namespace tollgate::proxy {
+
+pricing::tier_policy to_policy(const ledger::tier& t) {
+    pricing::tier_policy p;
+    p.id = t.id;
+    p.free_models_only = t.models == "free";
+    p.markup_paid_bps = t.markup_paid_bps;
+    p.markup_free_micros_per_token = t.markup_free_micros_per_token;
+    p.monthly_credits_micros = t.monthly_credits_micros;
+    p.price_micros = t.price_micros;
+    p.rollover_percent = t.rollover_percent;
+    p.default_overage_limit_micros = t.default_overage_limit_micros;
+    p.byok_available = t.byok_available;
+    return p;
+}
+
+std::optional<pricing::tier_policy> key_cache::policy(const std::string& tier_id) {
+    const auto now = std::chrono::steady_clock::now();
+    {
+        std::lock_guard lock(mu_);
+        if (now < policies_expire_) {
+            const auto it = policies_.find(tier_id);
+            if (it != policies_.end()) return it->second;
+            return std::nullopt;
+        }
+    }
+    std::unordered_map<std::string, pricing::tier_policy> fresh;
+    for (const auto& t : ledger_.tiers()) fresh.emplace(t.id, to_policy(t));
+    std::lock_guard lock(mu_);
+    policies_ = std::move(fresh);
+    policies_expire_ = now + ttl_;
+    const auto it = policies_.find(tier_id);
+    if (it != policies_.end()) return it->second;
+    return std::nullopt;
+}
+
+std::optional<caller> key_cache::find(std::string_view secret) {
+    if (secret.empty() || secret.size() > 256) return std::nullopt;
+    const auto hash = secrets_.hash(secret);
+    const auto now = std::chrono::steady_clock::now();
+    {
+        std::lock_guard lock(mu_);
+        const auto it = by_hash_.find(hash);
+        if (it != by_hash_.end() && now < it->second.expires) return it->second.who;
+    }
+    // Unknown keys are not cached: a flood of wrong keys must not grow memory.
+    const auto key = ledger_.find_key_by_hash(hash);
+    if (!key || key->revoked_at_ms || key->kind != "user") return std::nullopt;
+    const auto user = ledger_.find_user(key->user_id);
+    if (!user || user->status != "active") return std::nullopt;
+    const auto sub = ledger_.find_subscription(key->user_id);
+    if (!sub) return std::nullopt;
+    auto p = policy(sub->tier);
+    if (!p) return std::nullopt;
+    caller who{.user_id = key->user_id,
+               .key_id = key->id,
+               .rpm_limit = key->rpm_limit,
+               .tier = sub->tier,
+               .byok = sub->option == "byok",
+               .policy = std::move(*p)};
+    std::lock_guard lock(mu_);
+    if (by_hash_.size() > 100'000) by_hash_.clear();  // bounded; refilled on demand
+    by_hash_[hash] = entry{who, now + ttl_};
+    return who;
+}
+
+void key_cache::invalidate_all() {
+    std::lock_guard lock(mu_);
+    by_hash_.clear();
+    policies_expire_ = {};
+}
+
+std::int64_t rate_limiter::admit(std::int64_t key_id, std::int64_t rpm) {
+    const auto now = std::chrono::steady_clock::now();
+    const double capacity = static_cast<double>(rpm);
+    const double per_second = capacity / 60.0;
+    std::lock_guard lock(mu_);
+    auto [it, fresh] = buckets_.try_emplace(key_id, bucket{capacity, now});
+    auto& b = it->second;
+    if (!fresh) {
+        const double elapsed = std::chrono::duration<double>(now - b.at).count();
+        b.tokens = std::min(capacity, b.tokens + elapsed * per_second);
+        b.at = now;
+    }
+    if (b.tokens >= 1.0) {
+        b.tokens -= 1.0;
+        return 0;
+    }
+    return std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil((1.0 - b.tokens) / per_second)));
+}
+
+}  // namespace tollgate::proxy

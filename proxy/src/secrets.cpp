@@ -1,0 +1,107 @@
+#include "secrets.hpp"
+
+#include <fmt/format.h>
+#include <sodium.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace tollgate::proxy {
+
+namespace {
+
+constexpr std::size_t master_key_bytes = 32;
+// crypto_kdf context and subkey id of the key-hashing key: changing either
+// would orphan every stored key hash.
+constexpr char kdf_context[crypto_kdf_CONTEXTBYTES + 1] = "tgkeyhsh";
+constexpr std::uint64_t kdf_key_hash_id = 1;
+
+bool read_exact(int fd, unsigned char* out, std::size_t n) {
+    std::size_t got = 0;
+    while (got < n) {
+        const auto r = ::read(fd, out + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return false;
+        got += static_cast<std::size_t>(r);
+    }
+    unsigned char extra = 0;
+    return ::read(fd, &extra, 1) == 0;  // exactly n bytes, nothing after
+}
+
+}  // namespace
+
+std::optional<secrets> secrets::open(const std::string& path, std::string& error) {
+    if (sodium_init() < 0) {
+        error = "libsodium could not be initialised";
+        return std::nullopt;
+    }
+    unsigned char master[master_key_bytes];
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        // First start: create it with O_EXCL so two starts cannot both write one.
+        fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            error = fmt::format("cannot create the master key file {}: {}", path, std::strerror(errno));
+            return std::nullopt;
+        }
+        randombytes_buf(master, sizeof master);
+        const bool ok = ::write(fd, master, sizeof master) == static_cast<ssize_t>(sizeof master) && ::fsync(fd) == 0;
+        ::close(fd);
+        if (!ok) {
+            ::unlink(path.c_str());
+            error = fmt::format("cannot write the master key file {}", path);
+            return std::nullopt;
+        }
+    } else if (fd < 0) {
+        error = fmt::format("cannot read the master key file {}: {}", path, std::strerror(errno));
+        return std::nullopt;
+    } else {
+        struct stat st {};
+        if (::fstat(fd, &st) == 0 && (st.st_mode & 077) != 0) {
+            ::close(fd);
+            error = fmt::format("the master key file {} is readable by others (mode {:o}); chmod 600 it", path,
+                                st.st_mode & 0777);
+            return std::nullopt;
+        }
+        const bool ok = read_exact(fd, master, sizeof master);
+        ::close(fd);
+        if (!ok) {
+            error = fmt::format("the master key file {} must hold exactly {} bytes", path, master_key_bytes);
+            return std::nullopt;
+        }
+    }
+    secrets s;
+    crypto_kdf_derive_from_key(s.hash_key_.data(), s.hash_key_.size(), kdf_key_hash_id, kdf_context, master);
+    sodium_memzero(master, sizeof master);
+    return s;
+}
+
+std::string secrets::generate(std::string_view prefix) {
+    unsigned char raw[32];
+    randombytes_buf(raw, sizeof raw);
+    char encoded[sodium_base64_ENCODED_LEN(32, sodium_base64_VARIANT_URLSAFE_NO_PADDING)];
+    sodium_bin2base64(encoded, sizeof encoded, raw, sizeof raw, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    sodium_memzero(raw, sizeof raw);
+    return std::string(prefix) + encoded;
+}
+
+std::string secrets::hash(std::string_view secret) const {
+    std::string out(32, '\0');
+    crypto_generichash(reinterpret_cast<unsigned char*>(out.data()), out.size(),
+                       reinterpret_cast<const unsigned char*>(secret.data()), secret.size(), hash_key_.data(),
+                       hash_key_.size());
+    return out;
+}
+
+std::string secrets::display_prefix(std::string_view secret) {
+    return std::string(secret.substr(0, std::min<std::size_t>(secret.size(), 8)));
+}
+
+bool equal_secret(std::string_view a, std::string_view b) {
+    return a.size() == b.size() && sodium_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+}  // namespace tollgate::proxy

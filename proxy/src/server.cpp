@@ -1,0 +1,357 @@
+// The listener, one coroutine per connection (on its own strand), the
+// router, health and metrics, and the graceful shutdown.
+#include "tollgate/proxy/server.hpp"
+
+#include "calls.hpp"
+
+#include <boost/asio/ssl/context.hpp>
+#include <fmt/format.h>
+#include <sodium.h>
+
+#include <array>
+#include <thread>
+
+namespace tollgate::proxy {
+
+using namespace net;
+
+namespace {
+
+std::string new_request_id() {
+    unsigned char raw[12];
+    randombytes_buf(raw, sizeof raw);
+    std::string out = "req_";
+    for (const auto b : raw) out += fmt::format("{:02x}", b);
+    return out;
+}
+
+// At namespace scope: GCC 12 miscompiles C arrays kept in coroutine frames.
+struct metered_route {
+    std::string_view path;
+    service kind;
+    route_label label;
+};
+constexpr std::array<metered_route, 4> metered_routes{{
+    {"/chat/completions", service::chat, route_label::chat},
+    {"/completions", service::completion, route_label::completions},
+    {"/embeddings", service::embedding, route_label::embeddings},
+    {"/audio/speech", service::tts, route_label::speech},
+}};
+
+awaitable<void> dispatch(exchange& x) {
+    auto& a = x.a;
+    std::string_view target(x.req.target().data(), x.req.target().size());
+    const auto path = target.substr(0, target.find('?'));
+    const auto method = x.req.method();
+    // The OpenAI SDK appends paths to OPENAI_BASE_URL as given: accept /v1/… and bare paths.
+    std::string_view api = path;
+    if (api.starts_with("/v1/")) api.remove_prefix(3);
+
+    if (method == http::verb::post) {
+        for (const auto& r : metered_routes) {
+            if (api == r.path) {
+                x.route = r.label;
+                co_await metered_call(x, r.kind);
+                co_return;
+            }
+        }
+    }
+    if (method == http::verb::get && api == "/models") {
+        x.route = route_label::models;
+        co_await models_list(x);
+        co_return;
+    }
+    if (method == http::verb::get && (path == "/healthz" || path == "/readyz")) {
+        x.route = route_label::health;
+        if (path == "/healthz") {
+            co_await reply(x, 200, R"({"status":"ok"})", "application/json");
+            co_return;
+        }
+        const auto cats = a.catalog.get();
+        const bool ready = !a.ledger.failed() && cats->openrouter && !a.draining;
+        // Built before the co_await: GCC 12 destroys temporaries of a
+        // conditional expression inside a co_await statement twice.
+        const std::string litellm_source = a.litellm ? cats->litellm_source : std::string("off");
+        std::string body =
+            fmt::format(R"({{"status":"{}","ledger":"{}","catalog":{{"openrouter":"{}","litellm":"{}"}}}})",
+                        ready ? "ready" : "not_ready", a.ledger.failed() ? "failed" : "open", cats->openrouter_source,
+                        litellm_source);
+        const unsigned status = ready ? 200 : 503;
+        co_await reply(x, status, std::move(body), "application/json");
+        co_return;
+    }
+    if (method == http::verb::get && path == "/metrics") {
+        x.route = route_label::metrics;
+        co_await reply(x, 200, a.stats.render(), "text/plain; version=0.0.4");
+        co_return;
+    }
+    if (path.starts_with("/api/v1/")) {
+        x.route = route_label::admin;
+        co_await admin_call(x);
+        co_return;
+    }
+    for (std::size_t i = 0; i < a.settings.routes.size(); ++i) {
+        const auto& prefix = a.settings.routes[i].prefix;
+        if (path.starts_with(prefix) && (path.size() == prefix.size() || path[prefix.size()] == '/')) {
+            x.route = route_label::prefix;
+            co_await prefix_call(x, i);
+            co_return;
+        }
+    }
+    co_await reply_error(x, 404, "not_found", fmt::format("No route for {} {}", std::string(x.req.method_string()), path));
+}
+
+awaitable<void> session(app& a, tcp::socket socket) {
+    beast::tcp_stream client(std::move(socket));
+    const auto executor = co_await asio::this_coro::executor;  // this connection's strand
+    const auto id = a.next_session++;
+    exchange* current = nullptr;
+    {
+        std::lock_guard lock(a.cancel_mu);
+        a.cancellers.emplace(id, [&client, &current, executor] {
+            asio::post(executor, [&client, &current] {
+                beast::error_code ignored;
+                if (current && current->upstream) close_hard(*current->upstream);
+                client.socket().shutdown(tcp::socket::shutdown_both, ignored);
+                client.socket().close(ignored);
+            });
+        });
+    }
+    a.stats.open_connections++;
+    // Requests are read one at a time: pipelined requests wait in this
+    // buffer, which is bounded, so a pipelining client cannot grow it.
+    beast::flat_buffer buffer(a.settings.max_header_bytes + a.settings.max_body_bytes + 65536);
+    bool first = true;
+    for (;;) {
+        http::request_parser<http::string_body> parser;
+        parser.header_limit(static_cast<std::uint32_t>(a.settings.max_header_bytes));
+        parser.body_limit(a.settings.max_body_bytes);
+        client.expires_after(first ? a.settings.header_timeout : a.settings.keepalive_timeout);
+        first = false;
+        beast::error_code ec;
+        co_await http::async_read(client, buffer, parser, asio::redirect_error(use_awaitable, ec));
+        if (ec == http::error::body_limit || ec == http::error::header_limit || ec == http::error::buffer_overflow) {
+            request req;
+            exchange x{.a = a, .client = client, .req = req, .request_id = new_request_id(), .keep_alive = false};
+            co_await reply_error(x, 413, "request_too_large",
+                                 fmt::format("The request is larger than the limit ({} bytes of body, {} of headers)",
+                                             a.settings.max_body_bytes, a.settings.max_header_bytes));
+            a.stats.count_request(route_label::other, 413, 0);
+            break;
+        }
+        if (ec == http::error::bad_target || ec == http::error::bad_method || ec == http::error::bad_version ||
+            ec == http::error::bad_field || ec == http::error::bad_value || ec == http::error::bad_content_length ||
+            ec == http::error::bad_chunk || ec == http::error::bad_line_ending) {
+            request req;
+            exchange x{.a = a, .client = client, .req = req, .request_id = new_request_id(), .keep_alive = false};
+            co_await reply_error(x, 400, "bad_request", fmt::format("Malformed HTTP request: {}", ec.message()));
+            break;
+        }
+        if (ec) break;  // closed, reset or timed out between requests
+        const auto started = std::chrono::steady_clock::now();
+        auto req = parser.release();
+        exchange x{.a = a, .client = client, .req = req, .request_id = new_request_id()};
+        x.keep_alive = req.keep_alive() && !a.draining;
+        current = &x;
+        a.stats.in_flight++;
+        co_await dispatch(x);
+        a.stats.in_flight--;
+        current = nullptr;
+        const auto micros =
+            std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count();
+        a.stats.count_request(x.route, x.status, micros);
+        if (!x.keep_alive || a.draining) break;
+    }
+    {
+        std::lock_guard lock(a.cancel_mu);
+        a.cancellers.erase(id);
+    }
+    beast::error_code ignored;
+    client.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    a.stats.open_connections--;
+}
+
+awaitable<void> listen(app& a, tcp::acceptor& acceptor) {
+    for (;;) {
+        beast::error_code ec;
+        auto socket = co_await acceptor.async_accept(asio::make_strand(a.io), asio::redirect_error(use_awaitable, ec));
+        if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+        if (ec) continue;  // e.g. too many open files: keep serving the others
+        socket.set_option(tcp::no_delay(true), ec);
+        auto ex = socket.get_executor();
+        asio::co_spawn(ex, session(a, std::move(socket)), asio::detached);
+    }
+}
+
+awaitable<void> refresh_loop(app& a, std::shared_ptr<std::atomic<bool>> first_done) {
+    asio::steady_timer timer(a.io);
+    for (;;) {
+        co_await refresh_catalogs(a);
+        first_done->store(true);
+        timer.expires_after(a.settings.catalog_refresh);
+        beast::error_code ec;
+        co_await timer.async_wait(asio::redirect_error(use_awaitable, ec));
+        if (ec || a.draining) co_return;
+    }
+}
+
+// Sweeps expired holds (their calls died without settling) once a minute.
+awaitable<void> maintenance_loop(app& a) {
+    asio::steady_timer timer(a.io);
+    for (;;) {
+        timer.expires_after(std::chrono::minutes(1));
+        beast::error_code ec;
+        co_await timer.async_wait(asio::redirect_error(use_awaitable, ec));
+        if (ec || a.draining) co_return;
+        a.ledger.expire_holds();
+    }
+}
+
+std::string admin_token_setup(const config& settings, ledger::ledger& l, const secrets& s) {
+    constexpr const char* name = "admin_token_hash";
+    if (!settings.admin_token.empty()) {
+        const auto hash = s.hash(settings.admin_token);
+        if (l.setting(name) != hash) {
+            const auto out = l.put_setting(name, hash);
+            if (out.code != ledger::result::ok || !l.wait_durable(out.seq)) return {};
+        }
+        return hash;
+    }
+    if (auto stored = l.setting(name)) return *stored;
+    const auto token = secrets::generate("tga_");
+    const auto hash = s.hash(token);
+    const auto out = l.put_setting(name, hash);
+    if (out.code != ledger::result::ok || !l.wait_durable(out.seq)) return {};
+    fmt::print("admin token (shown once, store it now): {}\n", token);
+    return hash;
+}
+
+}  // namespace
+
+int serve(const config& settings) {
+    std::string error;
+    auto keys_secret = secrets::open(settings.master_key_file, error);
+    if (!keys_secret) {
+        fmt::print(stderr, "tollgate: {}\n", error);
+        return 1;
+    }
+    auto opened = ledger::ledger::open(
+        {.path = settings.db_path, .sync = settings.durability_full ? ledger::durability::full : ledger::durability::normal});
+    if (!opened.value) {
+        fmt::print(stderr, "tollgate: cannot open the ledger {}: {} ({})\n", settings.db_path, opened.message,
+                   ledger::to_string(opened.error));
+        return 1;
+    }
+    auto& l = *opened.value;
+    if (const auto orphans = l.orphaned_holds_released()) {
+        fmt::print("released {} holds left open by the last run (audit-logged)\n", orphans);
+    }
+
+    asio::io_context io(static_cast<int>(settings.io_threads));
+    app a{.settings = settings,
+          .ledger = l,
+          .keys_secret = *keys_secret,
+          .io = io,
+          .stats = {},
+          .keys = key_cache(l, a.keys_secret, std::chrono::seconds(10)),
+          .limits = {},
+          .catalog = {},
+          .tls = make_client_tls_context(),
+          .openrouter = nullptr,
+          .litellm = nullptr,
+          .route_pools = {},
+          .admin_token_hash = {}};
+    a.admin_token_hash = admin_token_setup(settings, l, a.keys_secret);
+    if (a.admin_token_hash.empty()) {
+        fmt::print(stderr, "tollgate: could not store the admin token\n");
+        return 1;
+    }
+    a.openrouter = std::make_unique<upstream_pool>(io.get_executor(), settings.openrouter, settings, a.tls.get());
+    if (settings.litellm) {
+        a.litellm = std::make_unique<upstream_pool>(io.get_executor(), *settings.litellm, settings, a.tls.get());
+    }
+    for (const auto& r : settings.routes) {
+        a.route_pools.push_back(std::make_unique<upstream_pool>(io.get_executor(), r.url, settings, a.tls.get()));
+    }
+    {
+        auto initial = std::make_shared<catalogs>();
+        initial->openrouter = pricing::parse_openrouter_models(pricing::bundled_openrouter_models()).value;
+        initial->litellm_fallback = pricing::parse_litellm_prices(pricing::bundled_litellm_prices()).value;
+        a.catalog.replace(std::move(initial));
+    }
+
+    tcp::acceptor acceptor(io);
+    beast::error_code ec;
+    const auto address = asio::ip::make_address(settings.listen_host, ec);
+    if (ec) {
+        fmt::print(stderr, "tollgate: TOLLGATE_LISTEN host '{}' is not an IP address\n", settings.listen_host);
+        return 1;
+    }
+    const tcp::endpoint endpoint(address, static_cast<unsigned short>(std::stoi(settings.listen_port)));
+    acceptor.open(endpoint.protocol(), ec);
+    if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) acceptor.bind(endpoint, ec);
+    if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+        fmt::print(stderr, "tollgate: cannot listen on {}:{}: {}\n", settings.listen_host, settings.listen_port,
+                   ec.message());
+        return 1;
+    }
+    const auto bound = acceptor.local_endpoint();
+    const auto first_refresh = std::make_shared<std::atomic<bool>>(false);
+    asio::co_spawn(io, listen(a, acceptor), asio::detached);
+    asio::co_spawn(io, refresh_loop(a, first_refresh), asio::detached);
+    asio::co_spawn(io, maintenance_loop(a), asio::detached);
+
+    // Shutdown: stop accepting, let calls finish within the grace period,
+    // then cut off the rest; each cut-off call settles or releases its hold.
+    asio::signal_set signals(io, SIGINT, SIGTERM);
+    asio::steady_timer grace(io);
+    std::function<void()> check;
+    signals.async_wait([&](const beast::error_code& e, int) {
+        if (e) return;
+        fmt::print("tollgate: shutting down (grace {} ms)\n", settings.shutdown_grace.count());
+        std::fflush(stdout);
+        a.draining = true;
+        beast::error_code ignored;
+        acceptor.close(ignored);
+        const auto deadline = std::chrono::steady_clock::now() + settings.shutdown_grace;
+        check = [&, deadline] {
+            const auto now = std::chrono::steady_clock::now();
+            if (a.stats.in_flight.load() == 0 || now >= deadline + std::chrono::seconds(5)) {
+                io.stop();  // idle keep-alive connections hold nothing
+                return;
+            }
+            if (now >= deadline && !a.cut_off.exchange(true)) {
+                std::lock_guard lock(a.cancel_mu);
+                for (auto& [id, cancel] : a.cancellers) cancel();
+            }
+            grace.expires_after(std::chrono::milliseconds(20));
+            grace.async_wait([&check](const beast::error_code& err) {
+                if (!err) check();
+            });
+        };
+        check();
+    });
+
+    // Wait for the first catalog attempt, so the first calls see the live lists.
+    std::vector<std::thread> threads;
+    for (unsigned i = 1; i < settings.io_threads; ++i) threads.emplace_back([&io] { io.run(); });
+    std::thread waiter([&] {
+        const auto until = std::chrono::steady_clock::now() + settings.connect_timeout + std::chrono::seconds(30);
+        while (!first_refresh->load() && std::chrono::steady_clock::now() < until && !a.draining) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        fmt::print("tollgate listening on http://{}:{}\n", bound.address().to_string(), bound.port());
+        std::fflush(stdout);
+    });
+    io.run();
+    waiter.join();
+    for (auto& t : threads) t.join();
+    l.flush();
+    const auto open_holds = l.open_hold_count();
+    fmt::print("tollgate: stopped ({} holds still open; released at the next start)\n", open_holds);
+    return 0;
+}
+
+}  // namespace tollgate::proxy

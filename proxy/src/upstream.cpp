@@ -1,0 +1,186 @@
+#include "upstream.hpp"
+
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/ssl.hpp>
+
+#include <optional>
+#include <sys/socket.h>
+
+namespace tollgate::proxy {
+
+using namespace net;
+namespace ssl = boost::asio::ssl;
+
+struct upstream_conn {
+    explicit upstream_conn(asio::any_io_executor ex) : tcp(ex) {}
+    beast::tcp_stream tcp;
+    std::optional<ssl::stream<beast::tcp_stream&>> tls;
+};
+
+void upstream_conn_deleter::operator()(upstream_conn* c) const { delete c; }
+
+namespace {
+
+// Calls `f` with the connection's stream, plain or TLS.
+template <class F>
+auto with_stream(upstream_conn& c, F&& f) {
+    if (c.tls) return f(*c.tls);
+    return f(c.tcp);
+}
+
+// An idle keep-alive connection the upstream has closed is readable (EOF)
+// or errored; one still usable has nothing to read.
+bool still_alive(upstream_conn& c) {
+    auto& socket = c.tcp.socket();
+    if (!socket.is_open()) return false;
+    char byte;
+    const auto n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+}  // namespace
+
+upstream_pool::upstream_pool(asio::any_io_executor executor, upstream_url url, const config& settings,
+                             ssl::context* tls)
+    : executor_(std::move(executor)), url_(std::move(url)), settings_(settings), tls_(tls) {}
+
+std::string upstream_pool::host_header() const {
+    const bool default_port = url_.port == (url_.tls ? "443" : "80");
+    const bool v6 = url_.host.find(':') != std::string::npos;
+    std::string host = v6 ? "[" + url_.host + "]" : url_.host;
+    return default_port ? host : host + ":" + url_.port;
+}
+
+awaitable<upstream_conn_ptr> upstream_pool::acquire(beast::error_code& ec, upstream_failure& failure) {
+    ec = {};
+    const auto now = std::chrono::steady_clock::now();
+    for (;;) {
+        upstream_conn_ptr c;
+        {
+            std::lock_guard lock(mu_);
+            if (idle_.empty()) break;
+            auto [conn, since] = std::move(idle_.back());
+            idle_.pop_back();
+            if (now - since < settings_.idle_timeout) c = std::move(conn);
+        }
+        if (c && still_alive(*c)) co_return c;
+    }
+    upstream_conn_ptr c(new upstream_conn(executor_));
+    tcp::resolver resolver(executor_);
+    auto endpoints = co_await resolver.async_resolve(url_.host, url_.port,
+                                                      asio::redirect_error(use_awaitable, ec));
+    if (ec) {
+        failure = upstream_failure::connect;
+        co_return nullptr;
+    }
+    c->tcp.expires_after(settings_.connect_timeout);
+    co_await c->tcp.async_connect(endpoints, asio::redirect_error(use_awaitable, ec));
+    if (ec) {
+        failure = ec == beast::error::timeout ? upstream_failure::timeout : upstream_failure::connect;
+        co_return nullptr;
+    }
+    c->tcp.socket().set_option(tcp::no_delay(true), ec);
+    if (url_.tls) {
+        c->tls.emplace(c->tcp, *tls_);
+        // SNI, and the certificate must name this host.
+        if (!SSL_set_tlsext_host_name(c->tls->native_handle(), url_.host.c_str())) {
+            ec = beast::error_code(static_cast<int>(::ERR_get_error()), asio::error::get_ssl_category());
+            failure = upstream_failure::tls;
+            co_return nullptr;
+        }
+        c->tls->set_verify_callback(ssl::host_name_verification(url_.host));
+        co_await c->tls->async_handshake(ssl::stream_base::client, asio::redirect_error(use_awaitable, ec));
+        if (ec) {
+            failure = ec == beast::error::timeout ? upstream_failure::timeout : upstream_failure::tls;
+            co_return nullptr;
+        }
+    }
+    co_return c;
+}
+
+void upstream_pool::give_back(upstream_conn_ptr c) {
+    if (!c) return;
+    std::lock_guard lock(mu_);
+    if (idle_.size() >= settings_.pool_idle_per_upstream) return;  // closed by its destructor
+    c->tcp.expires_never();
+    idle_.emplace_back(std::move(c), std::chrono::steady_clock::now());
+}
+
+void expire_after(upstream_conn& c, std::chrono::milliseconds timeout) { c.tcp.expires_after(timeout); }
+
+void close_hard(upstream_conn& c) {
+    beast::error_code ignored;
+    c.tcp.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    c.tcp.socket().close(ignored);
+}
+
+bool is_tls(const upstream_conn& c) { return c.tls.has_value(); }
+
+awaitable<void> send_request(upstream_conn& c, http::request<http::string_body>& request, beast::error_code& ec) {
+    co_await with_stream(c, [&](auto& stream) -> awaitable<void> {
+        co_await http::async_write(stream, request, asio::redirect_error(use_awaitable, ec));
+    });
+}
+
+awaitable<void> read_header(upstream_conn& c, beast::flat_buffer& buffer, response_parser& parser,
+                            beast::error_code& ec) {
+    co_await with_stream(c, [&](auto& stream) -> awaitable<void> {
+        co_await http::async_read_header(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
+    });
+}
+
+awaitable<std::size_t> read_some(upstream_conn& c, beast::flat_buffer& buffer, response_parser& parser,
+                                 beast::error_code& ec) {
+    co_return co_await with_stream(c, [&](auto& stream) -> awaitable<std::size_t> {
+        co_return co_await http::async_read_some(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
+    });
+}
+
+std::unique_ptr<ssl::context> make_client_tls_context() {
+    auto ctx = std::make_unique<ssl::context>(ssl::context::tls_client);
+    ctx->set_default_verify_paths();
+    ctx->set_verify_mode(ssl::verify_peer);
+    ctx->set_options(ssl::context::no_sslv2 | ssl::context::no_sslv3 | ssl::context::no_tlsv1 |
+                     ssl::context::no_tlsv1_1);
+    return ctx;
+}
+
+}  // namespace tollgate::proxy
+
+namespace tollgate::proxy {
+
+awaitable<std::optional<fetched>> fetch(upstream_pool& pool, const std::string& target, const std::string& bearer,
+                                        std::size_t limit, std::chrono::milliseconds timeout) {
+    beast::error_code ec;
+    upstream_failure failure{};
+    auto conn = co_await pool.acquire(ec, failure);
+    if (!conn) co_return std::nullopt;
+    http::request<http::string_body> req{http::verb::get, target, 11};
+    req.set(http::field::host, pool.host_header());
+    req.set(http::field::accept, "application/json");
+    req.set(http::field::user_agent, "tollgate");
+    if (!bearer.empty()) req.set(http::field::authorization, "Bearer " + bearer);
+    req.keep_alive(true);
+    expire_after(*conn, timeout);
+    co_await send_request(*conn, req, ec);
+    if (ec) co_return std::nullopt;
+    beast::flat_buffer buffer;
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(limit);
+    co_await read_whole(*conn, buffer, parser, ec);
+    if (ec) co_return std::nullopt;
+    fetched out{parser.get().result_int(), std::move(parser.get().body())};
+    if (parser.get().keep_alive()) pool.give_back(std::move(conn));
+    co_return out;
+}
+
+}  // namespace tollgate::proxy
+
+namespace tollgate::proxy {
+awaitable<void> read_whole(upstream_conn& c, beast::flat_buffer& buffer, http::response_parser<http::string_body>& parser,
+                           beast::error_code& ec) {
+    co_await with_stream(c, [&](auto& stream) -> awaitable<void> {
+        co_await http::async_read(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
+    });
+}
+}  // namespace tollgate::proxy

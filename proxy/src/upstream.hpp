@@ -1,0 +1,88 @@
+// The upstream client: a keep-alive connection pool per upstream, plain TCP
+// or TLS (OpenSSL, certificate and host name verified, SNI). Connections
+// are lent to one call at a time and given back only when their last answer
+// was read to its end.
+#pragma once
+
+#include "metrics.hpp"
+#include "tollgate/proxy/asio.hpp"
+#include "tollgate/proxy/config.hpp"
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+namespace boost::asio::ssl {
+class context;
+}
+
+namespace tollgate::proxy {
+
+struct upstream_conn;
+struct upstream_conn_deleter {
+    void operator()(upstream_conn* c) const;
+};
+using upstream_conn_ptr = std::unique_ptr<upstream_conn, upstream_conn_deleter>;
+
+using response_parser = net::http::response_parser<net::http::buffer_body>;
+
+class upstream_pool {
+public:
+    upstream_pool(net::asio::any_io_executor executor, upstream_url url, const config& settings,
+                  net::asio::ssl::context* tls);
+
+    // A pooled connection when one is idle and alive, else a new one. On
+    // failure `failure` says what kind (connect, tls, timeout).
+    net::awaitable<upstream_conn_ptr> acquire(net::beast::error_code& ec, upstream_failure& failure);
+    // Back to the pool: only a connection whose answer was read to the end
+    // and that the upstream keeps alive.
+    void give_back(upstream_conn_ptr c);
+    const upstream_url& url() const { return url_; }
+    std::string host_header() const;
+
+private:
+    net::asio::any_io_executor executor_;
+    upstream_url url_;
+    const config& settings_;
+    net::asio::ssl::context* tls_;
+    std::mutex mu_;
+    std::vector<std::pair<upstream_conn_ptr, std::chrono::steady_clock::time_point>> idle_;
+};
+
+// One exchange on a lent connection.
+void expire_after(upstream_conn& c, std::chrono::milliseconds timeout);
+void close_hard(upstream_conn& c);
+bool is_tls(const upstream_conn& c);
+net::awaitable<void> send_request(upstream_conn& c, net::http::request<net::http::string_body>& request,
+                                  net::beast::error_code& ec);
+net::awaitable<void> read_header(upstream_conn& c, net::beast::flat_buffer& buffer, response_parser& parser,
+                                 net::beast::error_code& ec);
+net::awaitable<std::size_t> read_some(upstream_conn& c, net::beast::flat_buffer& buffer, response_parser& parser,
+                                      net::beast::error_code& ec);
+
+// A TLS client context that verifies certificates against the system store.
+std::unique_ptr<net::asio::ssl::context> make_client_tls_context();
+
+}  // namespace tollgate::proxy
+
+namespace tollgate::proxy {
+
+struct fetched {
+    unsigned status = 0;
+    std::string body;
+};
+// One GET on a pooled connection, body bounded by `limit`: for catalogs and
+// other small answers. nullopt when no valid answer came.
+net::awaitable<std::optional<fetched>> fetch(upstream_pool& pool, const std::string& target,
+                                             const std::string& bearer, std::size_t limit,
+                                             std::chrono::milliseconds timeout);
+
+}  // namespace tollgate::proxy
+
+namespace tollgate::proxy {
+// Reads a whole answer (header and body) into `parser`.
+net::awaitable<void> read_whole(upstream_conn& c, net::beast::flat_buffer& buffer,
+                                net::http::response_parser<net::http::string_body>& parser,
+                                net::beast::error_code& ec);
+}  // namespace tollgate::proxy

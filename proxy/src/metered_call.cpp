@@ -13,6 +13,7 @@
 #include <array>
 #include <chrono>
 #include <ctime>
+#include <limits>
 
 namespace tollgate::proxy {
 
@@ -600,7 +601,9 @@ awaitable<void> metered_call(exchange& x, service kind) {
     beast::flat_buffer buffer;
     response_parser parser;
     parser.header_limit(64 * 1024);
-    parser.body_limit(boost::none);
+    // Not boost::none: Beast 1.74 compares a Content-Length against an empty
+    // optional as "over the limit". Bodies are bounded where they are read.
+    parser.body_limit(std::numeric_limits<std::uint64_t>::max());
     if (!ec) co_await read_header(*conn, buffer, parser, ec);
     if (ec) {
         release(s);

@@ -4,6 +4,7 @@
 // upstream), forward, relay, read the usage, settle, and only then send the
 // charge headers.
 #include "calls.hpp"
+#include "tollgate/proxy/headers.hpp"
 #include "tollgate/proxy/wire.hpp"
 
 #include "tollgate/pricing/tokens.hpp"
@@ -70,17 +71,6 @@ int utc_hhmm_now() {
     std::tm tm{};
     gmtime_r(&now, &tm);
     return tm.tm_hour * 100 + tm.tm_min;
-}
-
-// Hop-by-hop headers (RFC 9110 7.6.1) and what tollgate sets itself.
-bool is_hop_by_hop(beast::string_view name) {
-    static constexpr const char* names[] = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
-                                                 "transfer-encoding", "upgrade", "proxy-authorization",
-                                                 "proxy-authenticate", "content-length"};
-    for (const auto n : names) {
-        if (beast::iequals(name, n)) return true;
-    }
-    return false;
 }
 
 std::int64_t count_prompt(const request_facts& f, service kind) {
@@ -258,15 +248,7 @@ http::request<http::string_body> upstream_request(call_state& s, std::string bod
                                        s.tgt.pool->url().base_path + (s.tgt.litellm ? "/v1" : "") +
                                            std::string(upstream_suffix(s.kind)),
                                        11};
-    for (const auto& f : s.x.req) {
-        const auto name = f.name_string();
-        if (is_hop_by_hop(name) || beast::iequals(name, "host") || beast::iequals(name, "authorization") ||
-            beast::iequals(name, "accept-encoding") || beast::iequals(name, "expect") ||
-            beast::iequals(name, "x-litellm-api-key")) {
-            continue;
-        }
-        r.insert(name, f.value());
-    }
+    copy_request_headers(s.x.req.base(), r.base());
     r.set(http::field::host, s.tgt.pool->host_header());
     const auto& key = s.tgt.litellm ? a.settings.litellm_key : a.settings.openrouter_key;
     if (!key.empty()) r.set(http::field::authorization, "Bearer " + key);
@@ -274,19 +256,6 @@ http::request<http::string_body> upstream_request(call_state& s, std::string bod
     r.body() = std::move(body);
     r.prepare_payload();
     return r;
-}
-
-// Copies the upstream's answer headers that describe the answer itself.
-void copy_answer_headers(const response_parser::value_type& from, http::response_header<>& to) {
-    for (const auto& f : from) {
-        const auto name = f.name_string();
-        if (is_hop_by_hop(name) || beast::iequals(name, "server") || beast::iequals(name, "date")) continue;
-        if (beast::iequals(name, "x-request-id")) {
-            to.set("x-upstream-request-id", f.value());
-            continue;
-        }
-        to.insert(name, f.value());
-    }
 }
 
 std::optional<std::int64_t> header_cost(const response_parser::value_type& res) {
@@ -332,7 +301,7 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
     auto& x = s.x;
     auto& a = x.a;
     http::response<http::empty_body> head{static_cast<http::status>(parser.get().result_int()), x.req.version()};
-    copy_answer_headers(parser.get(), head);
+    copy_answer_headers(parser.get().base(), head.base());
     common_headers(x, head);
     head.chunked(true);
     x.status = head.result_int();
@@ -638,7 +607,7 @@ awaitable<void> metered_call(exchange& x, service kind) {
             co_return;
         }
         http::response<http::string_body> res{static_cast<http::status>(status), x.req.version()};
-        copy_answer_headers(parser.get(), res);
+        copy_answer_headers(parser.get().base(), res.base());
         common_headers(x, res);
         res.body() = std::move(answer);
         res.prepare_payload();
@@ -693,7 +662,7 @@ awaitable<void> metered_call(exchange& x, service kind) {
         co_return;
     }
     http::response<http::string_body> res{static_cast<http::status>(status), x.req.version()};
-    copy_answer_headers(parser.get(), res);
+    copy_answer_headers(parser.get().base(), res.base());
     common_headers(x, res);
     res.set("x-tollgate-charged-micros", std::to_string(settled->charged_micros));
     res.set("x-tollgate-balance-micros", std::to_string(settled->balance_micros));

@@ -2,6 +2,7 @@
 // invocations, forwarded with the prefix stripped and charged a fixed price
 // per request when the service answers 2xx.
 #include "calls.hpp"
+#include "tollgate/proxy/headers.hpp"
 
 #include <fmt/format.h>
 
@@ -44,15 +45,7 @@ awaitable<void> prefix_call(exchange& x, std::size_t index) {
     target.remove_prefix(route.prefix.size());
     http::request<http::string_body> up{x.req.method(), pool.url().base_path + std::string(target.empty() ? "/" : target),
                                         11};
-    for (const auto& f : x.req) {
-        const auto name = f.name_string();
-        if (beast::iequals(name, "host") || beast::iequals(name, "authorization") || beast::iequals(name, "connection") ||
-            beast::iequals(name, "content-length") || beast::iequals(name, "transfer-encoding") ||
-            beast::iequals(name, "accept-encoding")) {
-            continue;
-        }
-        up.insert(name, f.value());
-    }
+    copy_request_headers(x.req.base(), up.base());
     up.set(http::field::host, pool.host_header());
     if (!route.key.empty()) up.set(http::field::authorization, "Bearer " + route.key);
     up.body() = x.req.body();
@@ -107,14 +100,7 @@ awaitable<void> prefix_call(exchange& x, std::size_t index) {
         a.stats.count_upstream_failure(upstream_failure::http_error);
     }
     http::response<http::string_body> res{static_cast<http::status>(status), x.req.version()};
-    for (const auto& f : parser.get()) {
-        const auto name = f.name_string();
-        if (beast::iequals(name, "connection") || beast::iequals(name, "content-length") ||
-            beast::iequals(name, "transfer-encoding") || beast::iequals(name, "keep-alive")) {
-            continue;
-        }
-        res.insert(name, f.value());
-    }
+    copy_answer_headers(parser.get().base(), res.base());
     common_headers(x, res);
     if (charged) {
         res.set("x-tollgate-charged-micros", std::to_string(charged->charged_micros));

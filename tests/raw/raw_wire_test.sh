@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Raw-wire checks with curl (SPEC 5 transparency): the bytes a client gets
+# through tollgate are the upstream's bytes except the documented rewrites;
+# what the upstream receives carries tollgate's credential and forced usage;
+# a slow reader does not make tollgate buffer; SIGTERM lets a stream finish
+# and settle before tollgate exits 0.
+#
+# usage: raw_wire_test.sh TOLLGATE_BIN MOCK_BIN
+set -euo pipefail
+tollgate_bin="$1"
+mock_bin="$2"
+work="$(mktemp -d)"
+mock_pid=""
+tg_pid=""
+cleanup() {
+  for pid in $tg_pid $mock_pid; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+failures=0
+checks=0
+check() {  # check NAME CONDITION-EXIT-STATUS
+  checks=$((checks + 1))
+  if [ "$2" -eq 0 ]; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); fi
+}
+wait_for_line() {  # wait_for_line FILE PATTERN
+  for _ in $(seq 1 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+  echo "timed out waiting for '$2' in $1:"; cat "$1"; exit 1
+}
+# Ids and timestamps differ between two calls; everything else must not.
+normalize() { sed -E 's/(gen|chatcmpl)-[A-Za-z0-9-]+/\1-ID/g; s/"created":[0-9]+/"created":0/g'; }
+strip_usage() { sed -E 's/,"usage":null//g; s/,"usage":\{[^{}]*(\{[^{}]*\}[^{}]*)*\}//g'; }
+
+"$mock_bin" --listen 127.0.0.1:0 >"$work/mock.log" 2>&1 &
+mock_pid=$!
+wait_for_line "$work/mock.log" "listening on"
+mock="$(grep -o 'http://[0-9.:]*' "$work/mock.log" | head -1)"
+
+admin="raw-wire-admin-token-0123456789"
+start_tollgate() {
+  TOLLGATE_LISTEN=127.0.0.1:0 TOLLGATE_DB="$work/t.db" TOLLGATE_MASTER_KEY_FILE="$work/k" \
+    TOLLGATE_ADMIN_TOKEN="$admin" TOLLGATE_OPENROUTER_URL="$mock/api/v1" TOLLGATE_OPENROUTER_KEY=platform-key \
+    TOLLGATE_LITELLM_URL="$mock" TOLLGATE_LITELLM_KEY=litellm-key TOLLGATE_IO_THREADS=2 \
+    "$tollgate_bin" serve >"$work/tg.log" 2>&1 &
+  tg_pid=$!
+  wait_for_line "$work/tg.log" "tollgate listening on"
+  tg="$(grep -o 'http://[0-9.:]*' "$work/tg.log" | head -1)"
+}
+start_tollgate
+
+user_json="$(curl -s -X POST "$tg/api/v1/users" -H "Authorization: Bearer $admin" \
+  -d '{"email":"raw@example.com","tier":"enterprise"}')"
+key="$(echo "$user_json" | grep -o '"api_key":"[^"]*"' | cut -d'"' -f4)"
+[ -n "$key" ] || { echo "could not create a user: $user_json"; exit 1; }
+auth=(-H "Authorization: Bearer $key")
+chat='{"model":"openai/gpt-4o-mini","messages":[{"role":"user","content":"hello raw wire"}]}'
+stream='{"model":"openai/gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hello raw wire"}]}'
+litellm_stream='{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hello raw wire"}]}'
+litellm_stream_usage='{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hello raw wire"}]}'
+
+# --- non-stream: body identical, charge headers added ----------------------
+curl -s -D "$work/h1" -o "$work/via.json" "$tg/v1/chat/completions" "${auth[@]}" -H 'x-mock-tokens: 5' -d "$chat"
+curl -s -o "$work/direct.json" "$mock/api/v1/chat/completions" -H 'Authorization: Bearer x' -H 'x-mock-tokens: 5' -d "$chat"
+cmp -s <(normalize <"$work/via.json") <(normalize <"$work/direct.json"); check "non-stream body relayed byte for byte" $?
+grep -qi '^x-tollgate-charged-micros: [0-9]' "$work/h1"; check "non-stream answer has x-tollgate-charged-micros" $?
+grep -qi '^x-tollgate-balance-micros: [0-9]' "$work/h1"; check "non-stream answer has x-tollgate-balance-micros" $?
+grep -qi '^x-request-id: req_' "$work/h1"; check "answer has tollgate's x-request-id" $?
+grep -qi '^content-type: application/json' "$work/h1"; check "content type kept" $?
+grep -qi '^x-generation-id: gen-' "$work/h1"; check "upstream's own headers kept (X-Generation-Id)" $?
+
+# --- what the upstream received ---------------------------------------------
+curl -s "$tg/v1/chat/completions" "${auth[@]}" -H 'x-mock-tokens: 2' -H 'X-Title: raw app' \
+  -H 'Accept-Encoding: gzip' -d "$stream" >/dev/null
+last="$(curl -s "$mock/mock/last-request")"
+echo "$last" | grep -q '"authorization":"Bearer platform-key"'; check "upstream got the platform key, not the client's" $?
+! echo "$last" | grep -q "$key"; check "the client's tollgate key never reaches the upstream" $?
+echo "$last" | grep -q '"x-title":"raw app"'; check "client headers forwarded" $?
+! echo "$last" | grep -q '"accept-encoding"'; check "Accept-Encoding dropped (answers must be readable)" $?
+echo "$last" | grep -q 'include_usage'; check "stream_options.include_usage forced on the stream" $?
+
+# --- OpenRouter stream: relayed unchanged (its usage chunk included) ---------
+curl -sN "$tg/v1/chat/completions" "${auth[@]}" -H 'x-mock-tokens: 4' -d "$stream" >"$work/via.sse"
+curl -sN "$mock/api/v1/chat/completions" -H 'Authorization: Bearer x' -H 'x-mock-tokens: 4' -d "$stream" >"$work/direct.sse"
+cmp -s <(normalize <"$work/via.sse") <(normalize <"$work/direct.sse"); check "OpenRouter stream relayed byte for byte" $?
+grep -q '^: OPENROUTER PROCESSING' "$work/via.sse"; check "comment keep-alives relayed" $?
+tail -c 14 "$work/via.sse" | grep -q 'data: \[DONE\]'; check "stream ends with [DONE]" $?
+
+# --- LiteLLM stream the client did not ask usage for: only usage removed ----
+curl -sN "$tg/v1/chat/completions" "${auth[@]}" -H 'x-mock-tokens: 4' -d "$litellm_stream" >"$work/via-l.sse"
+curl -sN "$mock/v1/chat/completions" -H 'Authorization: Bearer x' -H 'x-mock-tokens: 4' \
+  -d "$litellm_stream_usage" >"$work/direct-l.sse"
+! grep -q '"usage"' "$work/via-l.sse"; check "no usage member reaches a client that did not ask" $?
+grep -q '"usage":{' "$work/direct-l.sse"; check "(the upstream did send usage)" $?
+cmp -s <(normalize <"$work/via-l.sse") <(normalize <"$work/direct-l.sse" | strip_usage)
+check "LiteLLM stream equals the upstream's minus its usage members" $?
+curl -sN "$tg/v1/chat/completions" "${auth[@]}" -H 'x-mock-tokens: 4' -d "$litellm_stream_usage" >"$work/via-lu.sse"
+grep -q '"usage":{' "$work/via-lu.sse"; check "a client that asked for usage gets it" $?
+
+# --- limits -------------------------------------------------------------------
+head -c $((9 * 1024 * 1024)) /dev/zero | tr '\0' 'a' >"$work/big.txt"
+status="$(curl -s -o "$work/413.json" -w '%{http_code}' "$tg/v1/chat/completions" "${auth[@]}" \
+  -H 'Content-Type: application/json' --data-binary @"$work/big.txt")"
+[ "$status" = 413 ] && grep -q '"code":"request_too_large"' "$work/413.json"; check "a body over 8 MiB is 413 request_too_large" $?
+status="$(curl -s -o /dev/null -w '%{http_code}' "$tg/nowhere" "${auth[@]}")"
+[ "$status" = 404 ]; check "an unknown route is 404" $?
+
+# --- a slow reader: tollgate does not buffer the stream for it ---------------
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$tg_pid/status"; }
+rss_before="$(rss_kib)"
+curl -sN --limit-rate 400k "$tg/v1/chat/completions" "${auth[@]}" -H 'x-mock-tokens: 8000' \
+  -d "$stream" >"$work/slow.sse"
+rss_after="$(rss_kib)"
+bytes="$(wc -c <"$work/slow.sse")"
+high="$(curl -s "$tg/metrics" | awk '/^tollgate_stream_buffer_high_water_bytes/ {print $2}')"
+echo "     slow reader: $bytes bytes relayed; most one stream held: $high bytes; RSS $rss_before -> $rss_after KiB"
+[ "$bytes" -gt 1000000 ] && grep -q 'data: \[DONE\]' "$work/slow.sse"; check "the slow reader got the whole stream" $?
+[ "$high" -le 65536 ]; check "a stream never held more than 64 KiB in tollgate" $?
+[ $((rss_after - rss_before)) -lt 4096 ]; check "RSS grew by less than 4 MiB for a ${bytes}-byte stream" $?
+
+# --- graceful shutdown: a stream in flight finishes and is settled -----------
+curl -sN "$tg/v1/chat/completions" "${auth[@]}" -H 'x-mock-tokens: 30' -H 'x-mock-delay-ms: 40' \
+  -d "$stream" >"$work/drain.sse" &
+curl_pid=$!
+sleep 0.3
+kill -TERM "$tg_pid"
+wait "$curl_pid" || true
+set +e
+wait "$tg_pid"
+tg_status=$?
+set -e
+tg_pid=""
+[ "$tg_status" -eq 0 ]; check "tollgate exits 0 after SIGTERM" $?
+grep -q 'data: \[DONE\]' "$work/drain.sse" && [ "$(grep -c 'tok' "$work/drain.sse")" -ge 30 ]
+check "the stream in flight finished during the drain" $?
+grep -q 'stopped (0 holds still open' "$work/tg.log"; check "no hold was left open" $?
+"$tollgate_bin" check-ledger --db "$work/t.db" >"$work/check.log" 2>&1; check "ledger check passes" $?
+cat "$work/check.log"
+
+echo "raw wire: $((checks - failures)) of $checks checks passed"
+[ "$failures" -eq 0 ]

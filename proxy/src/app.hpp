@@ -49,19 +49,26 @@ private:
     std::shared_ptr<const catalogs> current_;
 };
 
+// One I/O thread: its own io_context (so a connection never needs a strand)
+// and its own upstream pools (a pooled connection stays on the thread that
+// opened it).
+struct worker {
+    std::unique_ptr<net::asio::io_context> io;
+    std::unique_ptr<upstream_pool> openrouter;
+    std::unique_ptr<upstream_pool> litellm;              // null without LiteLLM
+    std::vector<std::unique_ptr<upstream_pool>> routes;  // parallel to settings.routes
+};
+
 struct app {
     const config& settings;
     ledger::ledger& ledger;
     secrets keys_secret;
-    net::asio::io_context& io;
+    std::vector<worker> workers;
     metrics stats;
     key_cache keys;
     rate_limiter limits;
     catalog_holder catalog;
     std::unique_ptr<net::asio::ssl::context> tls;
-    std::unique_ptr<upstream_pool> openrouter;
-    std::unique_ptr<upstream_pool> litellm;
-    std::vector<std::unique_ptr<upstream_pool>> route_pools;  // parallel to settings.routes
     std::string admin_token_hash;
 
     std::atomic<bool> draining{false};  // shutting down: no new connections, no keep-alive

@@ -16,6 +16,7 @@ using header_list = std::vector<std::pair<std::string, std::string>>;
 
 struct exchange {
     app& a;
+    worker& w;  // the I/O thread this connection lives on
     net::beast::tcp_stream& client;
     request& req;
     std::string request_id;

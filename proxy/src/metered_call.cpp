@@ -33,7 +33,7 @@ struct target {
     std::string upstream_model;  // the id the upstream knows ("litellm/" stripped)
 };
 
-std::optional<target> route_model(app& a, const catalogs& cats, const std::string& id) {
+std::optional<target> route_model(worker& w, const catalogs& cats, const std::string& id) {
     target t;
     std::string name = id;
     bool forced_litellm = false;
@@ -41,8 +41,8 @@ std::optional<target> route_model(app& a, const catalogs& cats, const std::strin
         name = name.substr(8);
         forced_litellm = true;
     }
-    if (a.litellm && cats.litellm_models && (forced_litellm || cats.litellm_models->count(name))) {
-        t.pool = a.litellm.get();
+    if (w.litellm && cats.litellm_models && (forced_litellm || cats.litellm_models->count(name))) {
+        t.pool = w.litellm.get();
         t.litellm = true;
         t.cat = cats.litellm;
         t.model = cats.litellm ? cats.litellm->find(name) : nullptr;
@@ -56,7 +56,7 @@ std::optional<target> route_model(app& a, const catalogs& cats, const std::strin
     if (forced_litellm) return std::nullopt;
     if (cats.openrouter) {
         if (const auto* m = cats.openrouter->find(name)) {
-            t.pool = a.openrouter.get();
+            t.pool = w.openrouter.get();
             t.cat = cats.openrouter;
             t.model = m;
             t.upstream_model = name;
@@ -322,6 +322,7 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
     bool drain_slot = false;
     const auto deadline = s.started + a.settings.stream_deadline;
     std::string edited;
+    beast::error_code client_ec;
 
     auto take_events = [&]() -> awaitable<void> {
         while (auto ev = events.next()) {
@@ -346,9 +347,11 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
             }
             if (!client_alive || out.empty()) continue;
             x.client.expires_after(a.settings.write_timeout);
+            // The client's errors have their own code: a client gone is a
+            // drain, not an upstream failure.
             co_await asio::async_write(x.client, http::make_chunk(asio::buffer(out.data(), out.size())),
-                                       asio::redirect_error(use_awaitable, ec));
-            if (ec) client_alive = false;
+                                       asio::redirect_error(use_awaitable, client_ec));
+            if (client_ec) client_alive = false;
         }
     };
 
@@ -357,11 +360,11 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
             // The client left: drain the upstream to its usage if a slot is
             // free, else stop here and bill what was relayed.
             draining = true;
-            if (a.stats.drain_slots_in_use.fetch_add(1) < static_cast<std::int64_t>(a.settings.drain_slots)) {
+            if (!a.cut_off && a.stats.drain_slots_in_use.fetch_add(1) < static_cast<std::int64_t>(a.settings.drain_slots)) {
                 drain_slot = true;
                 a.stats.count_drain(true);
             } else {
-                a.stats.drain_slots_in_use--;
+                if (!a.cut_off) a.stats.drain_slots_in_use--;
                 a.stats.count_drain(false);
                 upstream_broken = true;
                 break;
@@ -401,6 +404,7 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
     if (upstream_broken) {
         close_hard(*conn);
     } else if (parser.get().keep_alive()) {
+        x.upstream = nullptr;
         s.tgt.pool->give_back(std::move(conn));
     }
 
@@ -465,7 +469,7 @@ awaitable<void> metered_call(exchange& x, service kind) {
     if (s.facts.stream && kind == service::tts) s.facts.stream = false;
 
     const auto cats = a.catalog.get();
-    auto tgt = route_model(a, *cats, s.facts.model);
+    auto tgt = route_model(x.w, *cats, s.facts.model);
     if (!tgt || tgt->model == nullptr) {
         co_await reply_error(x, 404, "model_not_found",
                              fmt::format("The model '{}' does not exist or is not priced", s.facts.model), "model");
@@ -565,6 +569,7 @@ awaitable<void> metered_call(exchange& x, service kind) {
         }
         co_return;
     }
+    x.upstream = conn.get();  // a shutdown cut-off closes it
     expire_after(*conn, a.settings.first_byte_timeout);
     co_await send_request(*conn, up, ec);
     beast::flat_buffer buffer;
@@ -595,6 +600,7 @@ awaitable<void> metered_call(exchange& x, service kind) {
         release(s);
         a.stats.count_upstream_failure(upstream_failure::http_error);
         if (whole && parser.get().keep_alive()) {
+            x.upstream = nullptr;
             s.tgt.pool->give_back(std::move(conn));
         } else {
             close_hard(*conn);
@@ -640,6 +646,7 @@ awaitable<void> metered_call(exchange& x, service kind) {
         co_return;
     }
     if (parser.get().keep_alive()) {
+        x.upstream = nullptr;
         s.tgt.pool->give_back(std::move(conn));
     } else {
         close_hard(*conn);

@@ -69,10 +69,11 @@ std::optional<std::unordered_set<std::string>> model_ids(const std::string& body
 }  // namespace
 
 awaitable<bool> refresh_catalogs(app& a) {
+    auto& w = a.workers.front();  // the refresh runs on the first I/O thread
     auto next = std::make_shared<catalogs>(*a.catalog.get());
     bool any = false;
     const auto timeout = a.settings.connect_timeout + std::chrono::seconds(30);
-    if (auto got = co_await fetch(*a.openrouter, a.openrouter->url().base_path + "/models?output_modalities=all",
+    if (auto got = co_await fetch(*w.openrouter, w.openrouter->url().base_path + "/models?output_modalities=all",
                                   a.settings.openrouter_key, 64u << 20, timeout);
         got && got->status == 200) {
         auto parsed = pricing::parse_openrouter_models(got->body);
@@ -88,10 +89,10 @@ awaitable<bool> refresh_catalogs(app& a) {
         fmt::print(stderr, "tollgate: OpenRouter's model list could not be fetched (status {}); keeping the {} catalog\n",
                    got ? got->status : 0, next->openrouter_source);
     }
-    if (a.litellm) {
-        const auto& base = a.litellm->url().base_path;
-        auto list = co_await fetch(*a.litellm, base + "/v1/models", a.settings.litellm_key, 16u << 20, timeout);
-        auto info = co_await fetch(*a.litellm, base + "/model/info", a.settings.litellm_key, 64u << 20, timeout);
+    if (w.litellm) {
+        const auto& base = w.litellm->url().base_path;
+        auto list = co_await fetch(*w.litellm, base + "/v1/models", a.settings.litellm_key, 16u << 20, timeout);
+        auto info = co_await fetch(*w.litellm, base + "/model/info", a.settings.litellm_key, 64u << 20, timeout);
         if (list && list->status == 200) {
             if (auto ids = model_ids(list->body)) {
                 next->litellm_models = std::make_shared<const std::unordered_set<std::string>>(std::move(*ids));

@@ -13,7 +13,7 @@ using namespace net;
 awaitable<void> prefix_call(exchange& x, std::size_t index) {
     auto& a = x.a;
     const auto& route = a.settings.routes[index];
-    auto& pool = *a.route_pools[index];
+    auto& pool = *x.w.routes[index];
     const auto who = a.keys.find(bearer_of(x.req));
     if (!who) {
         co_await reply_error(x, 401, "invalid_api_key", "Invalid or missing tollgate key (Authorization: Bearer tg_...)");

@@ -71,7 +71,7 @@ awaitable<void> dispatch(exchange& x) {
         const bool ready = !a.ledger.failed() && cats->openrouter && !a.draining;
         // Built before the co_await: GCC 12 destroys temporaries of a
         // conditional expression inside a co_await statement twice.
-        const std::string litellm_source = a.litellm ? cats->litellm_source : std::string("off");
+        const std::string litellm_source = x.w.litellm ? cats->litellm_source : std::string("off");
         std::string body =
             fmt::format(R"({{"status":"{}","ledger":"{}","catalog":{{"openrouter":"{}","litellm":"{}"}}}})",
                         ready ? "ready" : "not_ready", a.ledger.failed() ? "failed" : "open", cats->openrouter_source,
@@ -101,9 +101,11 @@ awaitable<void> dispatch(exchange& x) {
     co_await reply_error(x, 404, "not_found", fmt::format("No route for {} {}", std::string(x.req.method_string()), path));
 }
 
-awaitable<void> session(app& a, tcp::socket socket) {
+awaitable<void> session(app& a, worker& w, tcp::socket socket) {
     beast::tcp_stream client(std::move(socket));
-    const auto executor = co_await asio::this_coro::executor;  // this connection's strand
+    // This connection's thread: one io_context per thread, so work posted
+    // here never runs beside the session's own code.
+    const auto executor = co_await asio::this_coro::executor;
     const auto id = a.next_session++;
     exchange* current = nullptr;
     {
@@ -132,10 +134,10 @@ awaitable<void> session(app& a, tcp::socket socket) {
         co_await http::async_read(client, buffer, parser, asio::redirect_error(use_awaitable, ec));
         if (ec == http::error::body_limit || ec == http::error::header_limit || ec == http::error::buffer_overflow) {
             request req;
-            exchange x{.a = a, .client = client, .req = req, .request_id = new_request_id(), .keep_alive = false};
-            co_await reply_error(x, 413, "request_too_large",
-                                 fmt::format("The request is larger than the limit ({} bytes of body, {} of headers)",
-                                             a.settings.max_body_bytes, a.settings.max_header_bytes));
+            exchange x{.a = a, .w = w, .client = client, .req = req, .request_id = new_request_id(), .keep_alive = false};
+            const auto message = fmt::format("The request is larger than the limit ({} bytes of body, {} of headers)",
+                                             a.settings.max_body_bytes, a.settings.max_header_bytes);
+            co_await reply_error(x, 413, "request_too_large", message);
             a.stats.count_request(route_label::other, 413, 0);
             break;
         }
@@ -143,14 +145,15 @@ awaitable<void> session(app& a, tcp::socket socket) {
             ec == http::error::bad_field || ec == http::error::bad_value || ec == http::error::bad_content_length ||
             ec == http::error::bad_chunk || ec == http::error::bad_line_ending) {
             request req;
-            exchange x{.a = a, .client = client, .req = req, .request_id = new_request_id(), .keep_alive = false};
-            co_await reply_error(x, 400, "bad_request", fmt::format("Malformed HTTP request: {}", ec.message()));
+            exchange x{.a = a, .w = w, .client = client, .req = req, .request_id = new_request_id(), .keep_alive = false};
+            const auto message = fmt::format("Malformed HTTP request: {}", ec.message());
+            co_await reply_error(x, 400, "bad_request", message);
             break;
         }
         if (ec) break;  // closed, reset or timed out between requests
         const auto started = std::chrono::steady_clock::now();
         auto req = parser.release();
-        exchange x{.a = a, .client = client, .req = req, .request_id = new_request_id()};
+        exchange x{.a = a, .w = w, .client = client, .req = req, .request_id = new_request_id()};
         x.keep_alive = req.keep_alive() && !a.draining;
         current = &x;
         a.stats.in_flight++;
@@ -171,20 +174,21 @@ awaitable<void> session(app& a, tcp::socket socket) {
     a.stats.open_connections--;
 }
 
+// Connections are dealt to the I/O threads in turn.
 awaitable<void> listen(app& a, tcp::acceptor& acceptor) {
-    for (;;) {
+    for (std::size_t next = 0;; next = (next + 1) % a.workers.size()) {
         beast::error_code ec;
-        auto socket = co_await acceptor.async_accept(asio::make_strand(a.io), asio::redirect_error(use_awaitable, ec));
+        auto& w = a.workers[next];
+        auto socket = co_await acceptor.async_accept(w.io->get_executor(), asio::redirect_error(use_awaitable, ec));
         if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
         if (ec) continue;  // e.g. too many open files: keep serving the others
         socket.set_option(tcp::no_delay(true), ec);
-        auto ex = socket.get_executor();
-        asio::co_spawn(ex, session(a, std::move(socket)), asio::detached);
+        asio::co_spawn(*w.io, session(a, w, std::move(socket)), asio::detached);
     }
 }
 
 awaitable<void> refresh_loop(app& a, std::shared_ptr<std::atomic<bool>> first_done) {
-    asio::steady_timer timer(a.io);
+    asio::steady_timer timer(*a.workers.front().io);
     for (;;) {
         co_await refresh_catalogs(a);
         first_done->store(true);
@@ -197,7 +201,7 @@ awaitable<void> refresh_loop(app& a, std::shared_ptr<std::atomic<bool>> first_do
 
 // Sweeps expired holds (their calls died without settling) once a minute.
 awaitable<void> maintenance_loop(app& a) {
-    asio::steady_timer timer(a.io);
+    asio::steady_timer timer(*a.workers.front().io);
     for (;;) {
         timer.expires_after(std::chrono::minutes(1));
         beast::error_code ec;
@@ -228,58 +232,12 @@ std::string admin_token_setup(const config& settings, ledger::ledger& l, const s
 
 }  // namespace
 
-int serve(const config& settings) {
-    std::string error;
-    auto keys_secret = secrets::open(settings.master_key_file, error);
-    if (!keys_secret) {
-        fmt::print(stderr, "tollgate: {}\n", error);
-        return 1;
-    }
-    auto opened = ledger::ledger::open(
-        {.path = settings.db_path, .sync = settings.durability_full ? ledger::durability::full : ledger::durability::normal});
-    if (!opened.value) {
-        fmt::print(stderr, "tollgate: cannot open the ledger {}: {} ({})\n", settings.db_path, opened.message,
-                   ledger::to_string(opened.error));
-        return 1;
-    }
-    auto& l = *opened.value;
-    if (const auto orphans = l.orphaned_holds_released()) {
-        fmt::print("released {} holds left open by the last run (audit-logged)\n", orphans);
-    }
-
-    asio::io_context io(static_cast<int>(settings.io_threads));
-    app a{.settings = settings,
-          .ledger = l,
-          .keys_secret = *keys_secret,
-          .io = io,
-          .stats = {},
-          .keys = key_cache(l, a.keys_secret, std::chrono::seconds(10)),
-          .limits = {},
-          .catalog = {},
-          .tls = make_client_tls_context(),
-          .openrouter = nullptr,
-          .litellm = nullptr,
-          .route_pools = {},
-          .admin_token_hash = {}};
-    a.admin_token_hash = admin_token_setup(settings, l, a.keys_secret);
-    if (a.admin_token_hash.empty()) {
-        fmt::print(stderr, "tollgate: could not store the admin token\n");
-        return 1;
-    }
-    a.openrouter = std::make_unique<upstream_pool>(io.get_executor(), settings.openrouter, settings, a.tls.get());
-    if (settings.litellm) {
-        a.litellm = std::make_unique<upstream_pool>(io.get_executor(), *settings.litellm, settings, a.tls.get());
-    }
-    for (const auto& r : settings.routes) {
-        a.route_pools.push_back(std::make_unique<upstream_pool>(io.get_executor(), r.url, settings, a.tls.get()));
-    }
-    {
-        auto initial = std::make_shared<catalogs>();
-        initial->openrouter = pricing::parse_openrouter_models(pricing::bundled_openrouter_models()).value;
-        initial->litellm_fallback = pricing::parse_litellm_prices(pricing::bundled_litellm_prices()).value;
-        a.catalog.replace(std::move(initial));
-    }
-
+// Listens, runs every I/O thread and returns once they have all stopped.
+// Everything bound to an io_context lives in here, so it is gone before
+// the io_contexts are.
+static int run_threads(app& a) {
+    const auto& settings = a.settings;
+    auto& io = *a.workers.front().io;  // also runs the acceptor, timers and signals
     tcp::acceptor acceptor(io);
     beast::error_code ec;
     const auto address = asio::ip::make_address(settings.listen_host, ec);
@@ -319,7 +277,7 @@ int serve(const config& settings) {
         check = [&, deadline] {
             const auto now = std::chrono::steady_clock::now();
             if (a.stats.in_flight.load() == 0 || now >= deadline + std::chrono::seconds(5)) {
-                io.stop();  // idle keep-alive connections hold nothing
+                for (auto& w : a.workers) w.io->stop();  // idle keep-alive connections hold nothing
                 return;
             }
             if (now >= deadline && !a.cut_off.exchange(true)) {
@@ -336,7 +294,12 @@ int serve(const config& settings) {
 
     // Wait for the first catalog attempt, so the first calls see the live lists.
     std::vector<std::thread> threads;
-    for (unsigned i = 1; i < settings.io_threads; ++i) threads.emplace_back([&io] { io.run(); });
+    // Each thread runs until stopped, with or without connections.
+    std::vector<asio::any_io_executor> keep_running;
+    for (auto& w : a.workers) {
+        keep_running.push_back(asio::require(w.io->get_executor(), asio::execution::outstanding_work.tracked));
+    }
+    for (std::size_t i = 1; i < a.workers.size(); ++i) threads.emplace_back([&a, i] { a.workers[i].io->run(); });
     std::thread waiter([&] {
         const auto until = std::chrono::steady_clock::now() + settings.connect_timeout + std::chrono::seconds(30);
         while (!first_refresh->load() && std::chrono::steady_clock::now() < until && !a.draining) {
@@ -348,10 +311,68 @@ int serve(const config& settings) {
     io.run();
     waiter.join();
     for (auto& t : threads) t.join();
+    return 0;
+}
+
+int serve(const config& settings) {
+    std::string error;
+    auto keys_secret = secrets::open(settings.master_key_file, error);
+    if (!keys_secret) {
+        fmt::print(stderr, "tollgate: {}\n", error);
+        return 1;
+    }
+    auto opened = ledger::ledger::open(
+        {.path = settings.db_path, .sync = settings.durability_full ? ledger::durability::full : ledger::durability::normal});
+    if (!opened.value) {
+        fmt::print(stderr, "tollgate: cannot open the ledger {}: {} ({})\n", settings.db_path, opened.message,
+                   ledger::to_string(opened.error));
+        return 1;
+    }
+    auto& l = *opened.value;
+    if (const auto orphans = l.orphaned_holds_released()) {
+        fmt::print("released {} holds left open by the last run (audit-logged)\n", orphans);
+    }
+
+    app a{.settings = settings,
+          .ledger = l,
+          .keys_secret = *keys_secret,
+          .workers = {},
+          .stats = {},
+          .keys = key_cache(l, a.keys_secret, std::chrono::seconds(10)),
+          .limits = {},
+          .catalog = {},
+          .tls = make_client_tls_context(),
+          .admin_token_hash = {}};
+    a.admin_token_hash = admin_token_setup(settings, l, a.keys_secret);
+    if (a.admin_token_hash.empty()) {
+        fmt::print(stderr, "tollgate: could not store the admin token\n");
+        return 1;
+    }
+    for (unsigned i = 0; i < settings.io_threads; ++i) {
+        worker w;
+        w.io = std::make_unique<asio::io_context>(1);
+        const auto ex = w.io->get_executor();
+        w.openrouter = std::make_unique<upstream_pool>(ex, settings.openrouter, settings, a.tls.get());
+        if (settings.litellm) w.litellm = std::make_unique<upstream_pool>(ex, *settings.litellm, settings, a.tls.get());
+        for (const auto& r : settings.routes) {
+            w.routes.push_back(std::make_unique<upstream_pool>(ex, r.url, settings, a.tls.get()));
+        }
+        a.workers.push_back(std::move(w));
+    }
+    {
+        auto initial = std::make_shared<catalogs>();
+        initial->openrouter = pricing::parse_openrouter_models(pricing::bundled_openrouter_models()).value;
+        initial->litellm_fallback = pricing::parse_litellm_prices(pricing::bundled_litellm_prices()).value;
+        a.catalog.replace(std::move(initial));
+    }
+    const int code = run_threads(a);
+    // Calls cut off mid-way are destroyed with their threads' io_contexts,
+    // before anything they use goes away.
+    a.workers.clear();
     l.flush();
     const auto open_holds = l.open_hold_count();
     fmt::print("tollgate: stopped ({} holds still open; released at the next start)\n", open_holds);
-    return 0;
+    return code;
 }
 
 }  // namespace tollgate::proxy

@@ -48,6 +48,7 @@ start_tollgate() {
   tg="$(grep -o 'http://[0-9.:]*' "$work/tg.log" | head -1)"
 }
 start_tollgate
+set +e  # from here on every check reports itself; a failing one must not stop the rest
 
 user_json="$(curl -s -X POST "$tg/api/v1/users" -H "Authorization: Bearer $admin" \
   -d '{"email":"raw@example.com","tier":"enterprise"}')"
@@ -116,7 +117,11 @@ high="$(curl -s "$tg/metrics" | awk '/^tollgate_stream_buffer_high_water_bytes/ 
 echo "     slow reader: $bytes bytes relayed; most one stream held: $high bytes; RSS $rss_before -> $rss_after KiB"
 [ "$bytes" -gt 1000000 ] && grep -q 'data: \[DONE\]' "$work/slow.sse"; check "the slow reader got the whole stream" $?
 [ "$high" -le 65536 ]; check "a stream never held more than 64 KiB in tollgate" $?
-[ $((rss_after - rss_before)) -lt 4096 ]; check "RSS grew by less than 4 MiB for a ${bytes}-byte stream" $?
+if grep -q __asan_init "$tollgate_bin"; then
+  echo "     (RSS not checked: AddressSanitizer's quarantine keeps freed memory)"
+else
+  [ $((rss_after - rss_before)) -lt 4096 ]; check "RSS grew by less than 4 MiB for a ${bytes}-byte stream" $?
+fi
 
 # --- graceful shutdown: a stream in flight finishes and is settled -----------
 curl -sN "$tg/v1/chat/completions" "${auth[@]}" -H 'x-mock-tokens: 30' -H 'x-mock-delay-ms: 40' \
@@ -124,11 +129,9 @@ curl -sN "$tg/v1/chat/completions" "${auth[@]}" -H 'x-mock-tokens: 30' -H 'x-moc
 curl_pid=$!
 sleep 0.3
 kill -TERM "$tg_pid"
-wait "$curl_pid" || true
-set +e
+wait "$curl_pid"
 wait "$tg_pid"
 tg_status=$?
-set -e
 tg_pid=""
 [ "$tg_status" -eq 0 ]; check "tollgate exits 0 after SIGTERM" $?
 grep -q 'data: \[DONE\]' "$work/drain.sse" && [ "$(grep -c 'tok' "$work/drain.sse")" -ge 30 ]

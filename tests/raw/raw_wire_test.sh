@@ -38,8 +38,15 @@ wait_for_line "$work/mock.log" "listening on"
 mock="$(grep -o 'http://[0-9.:]*' "$work/mock.log" | head -1)"
 
 admin="raw-wire-admin-token-0123456789"
+# A prefix route (SPEC 5: Center-Deep searches), here onto the mock's stats.
+cat >"$work/tollgate.toml" <<TOML
+[[routes]]
+prefix = "/center-deep"
+service = "search"
+url = "$mock/mock"
+TOML
 start_tollgate() {
-  TOLLGATE_LISTEN=127.0.0.1:0 TOLLGATE_DB="$work/t.db" TOLLGATE_MASTER_KEY_FILE="$work/k" \
+  TOLLGATE_CONFIG="$work/tollgate.toml" TOLLGATE_LISTEN=127.0.0.1:0 TOLLGATE_DB="$work/t.db" TOLLGATE_MASTER_KEY_FILE="$work/k" \
     TOLLGATE_ADMIN_TOKEN="$admin" TOLLGATE_OPENROUTER_URL="$mock/api/v1" TOLLGATE_OPENROUTER_KEY=platform-key \
     TOLLGATE_LITELLM_URL="$mock" TOLLGATE_LITELLM_KEY=litellm-key TOLLGATE_IO_THREADS=2 \
     "$tollgate_bin" serve >"$work/tg.log" 2>&1 &
@@ -97,6 +104,14 @@ cmp -s <(normalize <"$work/via-l.sse") <(normalize <"$work/direct-l.sse" | strip
 check "LiteLLM stream equals the upstream's minus its usage members" $?
 curl -sN "$tg/v1/chat/completions" "${auth[@]}" -H 'x-mock-tokens: 4' -d "$litellm_stream_usage" >"$work/via-lu.sse"
 grep -q '"usage":{' "$work/via-lu.sse"; check "a client that asked for usage gets it" $?
+
+# --- a prefix route: forwarded with the prefix stripped, a fixed price -----
+before="$(curl -s "$tg/api/v1/credits/balance" "${auth[@]}" | grep -o '"balance_micros":[0-9-]*' | cut -d: -f2)"
+curl -s -D "$work/hp" -o "$work/prefix.json" "$tg/center-deep/stats" "${auth[@]}"
+grep -q '"requests":' "$work/prefix.json"; check "a prefix route reaches its service with the prefix stripped" $?
+grep -qi '^x-tollgate-charged-micros: 1000' "$work/hp"; check "a search is charged its configured price (1,000 micros)" $?
+after="$(curl -s "$tg/api/v1/credits/balance" "${auth[@]}" | grep -o '"balance_micros":[0-9-]*' | cut -d: -f2)"
+[ $((before - after)) -eq 1000 ]; check "the balance moved by exactly that" $?
 
 # --- limits -------------------------------------------------------------------
 head -c $((9 * 1024 * 1024)) /dev/zero | tr '\0' 'a' >"$work/big.txt"

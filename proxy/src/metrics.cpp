@@ -83,9 +83,9 @@ std::string metrics::render() const {
     line("# HELP tollgate_charges_total Metered calls settled.\n# TYPE tollgate_charges_total counter\n"
          "tollgate_charges_total {}\n",
          charges_.load());
-    line("# HELP tollgate_charge_shortfall_micros_total Charges above their hold that pushed a balance past its "
-         "overage limit (owed, never dropped).\n# TYPE tollgate_charge_shortfall_micros_total counter\n"
-         "tollgate_charge_shortfall_micros_total {}\n",
+    line("# HELP tollgate_charge_above_hold_micros_total Micro-USD charged beyond the calls' holds (a hold never "
+         "caps a charge; the excess may become debt).\n# TYPE tollgate_charge_above_hold_micros_total counter\n"
+         "tollgate_charge_above_hold_micros_total {}\n",
          shortfall_micros_.load());
     line("# HELP tollgate_holds_refused_total Calls refused for insufficient credits.\n"
          "# TYPE tollgate_holds_refused_total counter\ntollgate_holds_refused_total {}\n",

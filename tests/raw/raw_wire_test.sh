@@ -155,5 +155,32 @@ grep -q 'stopped (0 holds still open' "$work/tg.log"; check "no hold was left op
 "$tollgate_bin" check-ledger --db "$work/t.db" >"$work/check.log" 2>&1; check "ledger check passes" $?
 cat "$work/check.log"
 
+# --- first start without an admin token: one is made, printed once ---------
+[ "$(stat -c %a "$work/k")" = 600 ]; check "the master key file was created with mode 0600" $?
+first_start() {
+  TOLLGATE_LISTEN=127.0.0.1:0 TOLLGATE_DB="$work/fresh.db" TOLLGATE_MASTER_KEY_FILE="$work/k2" \
+    TOLLGATE_OPENROUTER_URL="$mock/api/v1" "$tollgate_bin" serve >"$work/$1.log" 2>&1 &
+  tg_pid=$!
+  wait_for_line "$work/$1.log" "tollgate listening on"
+  tg="$(grep -o 'http://[0-9.:]*' "$work/$1.log" | head -1)"
+}
+first_start first
+token="$(grep -o 'admin token (shown once, store it now): tga_[A-Za-z0-9_-]*' "$work/first.log" | awk '{print $NF}')"
+[ -n "$token" ]; check "first start prints a generated admin token" $?
+status="$(curl -s -o /dev/null -w '%{http_code}' -X POST "$tg/api/v1/users" -H "Authorization: Bearer $token" \
+  -d '{"email":"first@example.com"}')"
+[ "$status" = 201 ]; check "the printed admin token works" $?
+status="$(curl -s -o /dev/null -w '%{http_code}' -X POST "$tg/api/v1/users" -H "Authorization: Bearer tga_wrong" \
+  -d '{"email":"second@example.com"}')"
+[ "$status" = 401 ]; check "another token does not" $?
+kill -TERM "$tg_pid"; wait "$tg_pid"; tg_pid=""
+first_start second
+! grep -q 'admin token' "$work/second.log"; check "the second start prints no token" $?
+status="$(curl -s -o /dev/null -w '%{http_code}' -X POST "$tg/api/v1/users" -H "Authorization: Bearer $token" \
+  -d '{"email":"third@example.com"}')"
+[ "$status" = 201 ]; check "the token still works after a restart (stored hashed)" $?
+! grep -q "$token" "$work/fresh.db"* ; check "the token itself is not in the database" $?
+kill -TERM "$tg_pid"; wait "$tg_pid"; tg_pid=""
+
 echo "raw wire: $((checks - failures)) of $checks checks passed"
 [ "$failures" -eq 0 ]

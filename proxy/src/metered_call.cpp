@@ -322,6 +322,7 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
     bool drain_slot = false;
     const auto deadline = s.started + a.settings.stream_deadline;
     std::string edited;
+    std::string pending_text;  // relayed text not yet counted
     beast::error_code client_ec;
 
     auto take_events = [&]() -> awaitable<void> {
@@ -331,8 +332,12 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
                 const auto facts = inspect_answer(ev->data);
                 if (facts.usage == member_state::value) s.usage = facts.reported;
                 if (!facts.model.empty()) s.answer_model = facts.model;
-                if (!facts.generated_text.empty()) {
-                    s.generated_tokens += static_cast<std::int64_t>(tok->count(facts.generated_text));
+                // Counted only if the upstream reports no usage: kept as
+                // text, folded into a count every 64 KiB so memory stays bounded.
+                pending_text += facts.generated_text;
+                if (pending_text.size() > 65536) {
+                    s.generated_tokens += static_cast<std::int64_t>(tok->count(pending_text));
+                    pending_text.clear();
                 }
                 if (facts.error) {
                     stream_error = true;
@@ -408,7 +413,8 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
         s.tgt.pool->give_back(std::move(conn));
     }
 
-    const bool generated = s.generated_tokens > 0 || (s.usage && s.usage->tokens.completion_tokens > 0) ||
+    if (!s.usage && !pending_text.empty()) s.generated_tokens += static_cast<std::int64_t>(tok->count(pending_text));
+    const bool generated = s.generated_tokens > 0 || !pending_text.empty() || (s.usage && s.usage->tokens.completion_tokens > 0) ||
                            (s.usage && s.usage->cost_pico.value_or(0) > 0);
     std::string status = "ok";
     if (stream_error) status = "upstream_error";

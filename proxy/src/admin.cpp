@@ -78,9 +78,17 @@ std::optional<std::int64_t> parse_int(std::string_view text) {
     return v;
 }
 
-// The user an endpoint acts on: an admin names one (`user_id`), a user is
-// themselves and may not name anyone else.
-awaitable<std::optional<std::int64_t>> subject(exchange& x, const principal& p, std::optional<std::int64_t> named) {
+// The user an endpoint acts on: an admin names one (`user_id` in the
+// query), a user is themselves and may not name anyone else.
+awaitable<std::optional<std::int64_t>> subject(exchange& x, const principal& p, std::string_view target) {
+    std::optional<std::int64_t> named;
+    if (const auto text = query_param(target, "user_id"); !text.empty()) {
+        named = parse_int(text);
+        if (!named) {
+            co_await reply_error(x, 400, "invalid_value", "'user_id' must be an integer", "user_id");
+            co_return std::nullopt;
+        }
+    }
     if (p.who == principal::role::user) {
         if (named && *named != p.user_id) {
             co_await reply_error(x, 403, "forbidden", "A user key may only act on its own user", "user_id");
@@ -264,15 +272,7 @@ awaitable<void> allocate(exchange& x) {
 }
 
 awaitable<void> balance(exchange& x, const principal& p, std::string_view target) {
-    std::optional<std::int64_t> named;
-    if (const auto text = query_param(target, "user_id"); !text.empty()) {
-        named = parse_int(text);
-        if (!named) {
-            co_await reply_error(x, 400, "invalid_value", "'user_id' must be an integer", "user_id");
-            co_return;
-        }
-    }
-    const auto user = co_await subject(x, p, named);
+    const auto user = co_await subject(x, p, target);
     if (!user) co_return;
     const auto b = x.a.ledger.get_balance(*user);
     if (!b) {
@@ -290,15 +290,7 @@ awaitable<void> balance(exchange& x, const principal& p, std::string_view target
 }
 
 awaitable<void> transactions(exchange& x, const principal& p, std::string_view target) {
-    std::optional<std::int64_t> named;
-    if (const auto text = query_param(target, "user_id"); !text.empty()) {
-        named = parse_int(text);
-        if (!named) {
-            co_await reply_error(x, 400, "invalid_value", "'user_id' must be an integer", "user_id");
-            co_return;
-        }
-    }
-    const auto user = co_await subject(x, p, named);
+    const auto user = co_await subject(x, p, target);
     if (!user) co_return;
     ledger::transaction_query q;
     q.user_id = *user;

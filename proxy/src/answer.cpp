@@ -122,17 +122,11 @@ bool read_usage(value v, answer_facts& facts) {
             r.is_byok = false;
             if (type == json_type::boolean && fv.get_bool().get(r.is_byok)) return false;
         } else if (key == "cost_details") {
-            if (fv.type().get(type)) return false;
             r.upstream_inference_cost_pico.reset();
-            if (type != json_type::object) continue;
-            object details;
-            if (fv.get_object().get(details)) return false;
-            for (auto df : details) {
-                std::string_view dk;
-                value dv;
-                if (df.unescaped_key().get(dk) || df.value().get(dv)) return false;
-                if (dk == "upstream_inference_cost" && !read_usd(dv, r.upstream_inference_cost_pico)) return false;
-            }
+            const bool ok = json_text::each_member(fv, [&](std::string_view dk, value dv) {
+                return dk != "upstream_inference_cost" || read_usd(dv, r.upstream_inference_cost_pico);
+            });
+            if (!ok) return false;
         }
         if (s == count_status::malformed) return false;
         if (s == count_status::invalid) valid = false;
@@ -207,81 +201,39 @@ bool append_text(value v, std::string& out) {
         std::string_view s;
         if (v.get_string().get(s)) return false;
         out.append(s);
-    } else if (type == json_type::array) {
-        array parts;
-        if (v.get_array().get(parts)) return false;
-        for (auto part_result : parts) {
-            value part;
-            if (part_result.get(part) || part.type().get(type)) return false;
-            if (type != json_type::object) continue;
-            object o;
-            if (part.get_object().get(o)) return false;
-            for (auto field : o) {
-                std::string_view key;
-                value fv;
-                if (field.unescaped_key().get(key) || field.value().get(fv)) return false;
-                if (key == "text" && !append_text(fv, out)) return false;
-            }
-        }
+        return true;
     }
-    return true;
+    return json_text::each_element(v, [&](value part) {
+        return json_text::each_member(part, [&](std::string_view key, value fv) {
+            return key != "text" || append_text(fv, out);
+        });
+    });
 }
 
 // `function` of a tool call, or a legacy `function_call`: its arguments.
 bool append_arguments(value v, std::string& out) {
-    json_type type;
-    if (v.type().get(type)) return false;
-    if (type != json_type::object) return true;
-    object o;
-    if (v.get_object().get(o)) return false;
-    for (auto field : o) {
-        std::string_view key;
-        value fv;
-        if (field.unescaped_key().get(key) || field.value().get(fv)) return false;
-        if (key == "arguments") {
-            if (fv.type().get(type)) return false;
-            if (type == json_type::string && !append_text(fv, out)) return false;
-        }
-    }
-    return true;
+    return json_text::each_member(v, [&](std::string_view key, value fv) {
+        if (key != "arguments") return true;
+        json_type type;
+        if (fv.type().get(type)) return false;
+        return type != json_type::string || append_text(fv, out);
+    });
 }
 
 // A delta (stream) or message (non-stream).
 bool append_message(value v, std::string& out) {
-    json_type type;
-    if (v.type().get(type)) return false;
-    if (type != json_type::object) return true;
-    object o;
-    if (v.get_object().get(o)) return false;
-    for (auto field : o) {
-        std::string_view key;
-        value fv;
-        if (field.unescaped_key().get(key) || field.value().get(fv)) return false;
+    return json_text::each_member(v, [&](std::string_view key, value fv) {
         if (key == "content" || key == "reasoning" || key == "reasoning_content" || key == "refusal") {
-            if (!append_text(fv, out)) return false;
-        } else if (key == "function_call") {
-            if (!append_arguments(fv, out)) return false;
-        } else if (key == "tool_calls") {
-            if (fv.type().get(type)) return false;
-            if (type != json_type::array) continue;
-            array calls;
-            if (fv.get_array().get(calls)) return false;
-            for (auto call_result : calls) {
-                value call;
-                if (call_result.get(call) || call.type().get(type)) return false;
-                if (type != json_type::object) continue;
-                object c;
-                if (call.get_object().get(c)) return false;
-                for (auto cf : c) {
-                    std::string_view ck;
-                    value cv;
-                    if (cf.unescaped_key().get(ck) || cf.value().get(cv)) return false;
-                    if (ck == "function" && !append_arguments(cv, out)) return false;
-                }
-            }
+            return append_text(fv, out);
         }
-    }
-    return true;
+        if (key == "function_call") return append_arguments(fv, out);
+        if (key != "tool_calls") return true;
+        return json_text::each_element(fv, [&](value call) {
+            return json_text::each_member(call, [&](std::string_view ck, value cv) {
+                return ck != "function" || append_arguments(cv, out);
+            });
+        });
+    });
 }
 
 bool read_choices(value v, std::string& out) {

@@ -7,6 +7,11 @@ namespace tollgate::proxy {
 
 enum class service : std::uint8_t { chat, completion, embedding, tts };
 
+// The caller of a metered route: their key (401 invalid_api_key otherwise)
+// within its rpm limit (429 rate_limited with Retry-After otherwise). On
+// nullopt the answer has been sent.
+net::awaitable<std::optional<caller>> admit_caller(exchange& x);
+
 // POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/audio/speech.
 net::awaitable<void> metered_call(exchange& x, service kind);
 // GET /v1/models: the catalog, filtered to the caller's tier.

@@ -1,4 +1,4 @@
-#include "exchange.hpp"
+#include "calls.hpp"
 
 #include <fmt/format.h>
 
@@ -96,6 +96,23 @@ header_list retry_after(std::int64_t seconds) {
     header_list h;
     h.emplace_back("retry-after", std::to_string(seconds));
     return h;
+}
+
+awaitable<std::optional<caller>> admit_caller(exchange& x) {
+    auto who = x.a.keys.find(bearer_of(x.req));
+    if (!who) {
+        co_await reply_error(x, 401, "invalid_api_key", "Invalid or missing tollgate key (Authorization: Bearer tg_...)");
+        co_return std::nullopt;
+    }
+    if (const auto wait = x.a.limits.admit(who->key_id, who->rpm_limit)) {
+        x.a.stats.rate_limited++;
+        const auto message =
+            fmt::format("This key is limited to {} requests a minute; retry in {} s", who->rpm_limit, wait);
+        const auto headers = retry_after(wait);
+        co_await reply_error(x, 429, "rate_limited", message, {}, headers);
+        co_return std::nullopt;
+    }
+    co_return who;
 }
 
 std::string_view bearer_of(const request& r) {

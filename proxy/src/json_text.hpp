@@ -82,6 +82,39 @@ inline std::string_view number_text(simdjson::ondemand::value& v) {
     return is_json_number(text) ? text : std::string_view{};
 }
 
+// Calls fn(key, value) for each member of `v` when it is an object (any
+// other type is skipped). False on malformed JSON or when fn says so.
+template <class F>
+bool each_member(simdjson::ondemand::value v, F&& fn) {
+    simdjson::ondemand::json_type type;
+    if (v.type().get(type)) return false;
+    if (type != simdjson::ondemand::json_type::object) return true;
+    simdjson::ondemand::object o;
+    if (v.get_object().get(o)) return false;
+    for (auto field : o) {
+        std::string_view key;
+        simdjson::ondemand::value fv;
+        if (field.unescaped_key().get(key) || field.value().get(fv) || !fn(key, fv)) return false;
+    }
+    return true;
+}
+
+// Calls fn(element) for each element of `v` when it is an array (any other
+// type is skipped). False on malformed JSON or when fn says so.
+template <class F>
+bool each_element(simdjson::ondemand::value v, F&& fn) {
+    simdjson::ondemand::json_type type;
+    if (v.type().get(type)) return false;
+    if (type != simdjson::ondemand::json_type::array) return true;
+    simdjson::ondemand::array a;
+    if (v.get_array().get(a)) return false;
+    for (auto element : a) {
+        simdjson::ondemand::value ev;
+        if (element.get(ev) || !fn(ev)) return false;
+    }
+    return true;
+}
+
 // Returns the index past the value that starts at s[i].
 inline std::size_t skip_value(std::string_view s, std::size_t i) {
     if (i >= s.size()) return npos;

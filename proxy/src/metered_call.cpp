@@ -444,19 +444,8 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
 
 awaitable<void> metered_call(exchange& x, service kind) {
     auto& a = x.a;
-    const auto who = a.keys.find(bearer_of(x.req));
-    if (!who) {
-        co_await reply_error(x, 401, "invalid_api_key", "Invalid or missing tollgate key (Authorization: Bearer tg_...)");
-        co_return;
-    }
-    if (const auto wait = a.limits.admit(who->key_id, who->rpm_limit)) {
-        a.stats.rate_limited++;
-        co_await reply_error(x, 429, "rate_limited",
-                             fmt::format("This key is limited to {} requests a minute; retry in {} s", who->rpm_limit,
-                                         wait),
-                             {}, retry_after(wait));
-        co_return;
-    }
+    const auto who = co_await admit_caller(x);
+    if (!who) co_return;
     call_state s{.x = x, .who = *who, .kind = kind};
     s.facts = inspect_request(x.req.body());
     if (!s.facts.json_ok) {

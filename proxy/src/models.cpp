@@ -119,11 +119,8 @@ awaitable<bool> refresh_catalogs(app& a) {
 
 awaitable<void> models_list(exchange& x) {
     auto& a = x.a;
-    const auto who = a.keys.find(bearer_of(x.req));
-    if (!who) {
-        co_await reply_error(x, 401, "invalid_api_key", "Invalid or missing tollgate key (Authorization: Bearer tg_...)");
-        co_return;
-    }
+    const auto who = co_await admit_caller(x);
+    if (!who) co_return;
     const auto cats = a.catalog.get();
     fmt::memory_buffer out;
     fmt::format_to(std::back_inserter(out), R"({{"object":"list","data":[)");

@@ -14,18 +14,8 @@ awaitable<void> prefix_call(exchange& x, std::size_t index) {
     auto& a = x.a;
     const auto& route = a.settings.routes[index];
     auto& pool = *x.w.routes[index];
-    const auto who = a.keys.find(bearer_of(x.req));
-    if (!who) {
-        co_await reply_error(x, 401, "invalid_api_key", "Invalid or missing tollgate key (Authorization: Bearer tg_...)");
-        co_return;
-    }
-    if (const auto wait = a.limits.admit(who->key_id, who->rpm_limit)) {
-        a.stats.rate_limited++;
-        co_await reply_error(x, 429, "rate_limited",
-                             fmt::format("This key is limited to {} requests a minute", who->rpm_limit), {},
-                             retry_after(wait));
-        co_return;
-    }
+    const auto who = co_await admit_caller(x);
+    if (!who) co_return;
     const auto started = std::chrono::steady_clock::now();
     const auto held = a.ledger.reserve(who->user_id, route.price_micros, x.request_id);
     if (held.code == ledger::result::insufficient_credits) {

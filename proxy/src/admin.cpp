@@ -326,6 +326,53 @@ awaitable<void> transactions(exchange& x, const principal& p, std::string_view t
     co_await reply(x, 200, std::move(out), "application/json");
 }
 
+std::string key_json(const ledger::key_record& k) {
+    return fmt::format(
+        R"({{"id":{},"user_id":{},"prefix":"{}","name":"{}","rpm_limit":{},"created_at":"{}","revoked_at":{}}})", k.id,
+        k.user_id, json_escape(k.key_prefix), json_escape(k.name), k.rpm_limit, rfc3339(k.created_at_ms),
+        k.revoked_at_ms ? fmt::format("\"{}\"", rfc3339(*k.revoked_at_ms)) : std::string("null"));
+}
+
+awaitable<void> list_keys(exchange& x, const principal& p, std::string_view target) {
+    const auto user = co_await subject(x, p, target);
+    if (!user) co_return;
+    std::string out = R"({"data":[)";
+    bool first = true;
+    for (const auto& k : x.a.ledger.list_keys(*user)) {
+        if (k.kind != "user") continue;
+        if (!first) out += ',';
+        out += key_json(k);
+        first = false;
+    }
+    out += "]}";
+    co_await reply(x, 200, std::move(out), "application/json");
+}
+
+// Revoking a key takes effect at once: the key cache forgets every entry.
+awaitable<void> revoke_key(exchange& x, const principal& p, std::string_view id_text) {
+    const auto id = parse_int(id_text);
+    bool allowed = id.has_value() && p.who == principal::role::admin;
+    if (id && p.who == principal::role::user) {
+        for (const auto& k : x.a.ledger.list_keys(p.user_id)) allowed = allowed || k.id == *id;
+    }
+    if (!allowed) {
+        co_await reply_error(x, 404, "key_not_found", "No such key of yours", "id");
+        co_return;
+    }
+    const auto out = x.a.ledger.revoke_key(*id);
+    if (out.code == ledger::result::unknown_key) {
+        co_await reply_error(x, 404, "key_not_found", "No such key", "id");
+        co_return;
+    }
+    if (out.code != ledger::result::ok || !co_await durable(x.a, out.seq)) {
+        co_await reply_error(x, 500, "storage_failed", "The key was not revoked");
+        co_return;
+    }
+    x.a.keys.invalidate_all();
+    std::string body = fmt::format(R"({{"id":{},"revoked":true}})", *id);
+    co_await reply(x, 200, std::move(body), "application/json");
+}
+
 }  // namespace
 
 awaitable<void> admin_call(exchange& x) {
@@ -360,6 +407,14 @@ awaitable<void> admin_call(exchange& x) {
     }
     if (method == http::verb::get && path == "/api/v1/credits/transactions") {
         co_await transactions(x, p, target);
+        co_return;
+    }
+    if (method == http::verb::get && path == "/api/v1/keys") {
+        co_await list_keys(x, p, target);
+        co_return;
+    }
+    if (method == http::verb::delete_ && path.starts_with("/api/v1/keys/")) {
+        co_await revoke_key(x, p, path.substr(std::string_view("/api/v1/keys/").size()));
         co_return;
     }
     co_await reply_error(x, 404, "not_found", fmt::format("No admin endpoint {} {}", std::string(x.req.method_string()),

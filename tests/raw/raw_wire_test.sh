@@ -113,6 +113,20 @@ grep -qi '^x-tollgate-charged-micros: 1000' "$work/hp"; check "a search is charg
 after="$(curl -s "$tg/api/v1/credits/balance" "${auth[@]}" | grep -o '"balance_micros":[0-9-]*' | cut -d: -f2)"
 [ $((before - after)) -eq 1000 ]; check "the balance moved by exactly that" $?
 
+# --- a revoked key stops working at once (the key cache is dropped) ---------
+other_json="$(curl -s -X POST "$tg/api/v1/users" -H "Authorization: Bearer $admin" -d '{"email":"revoke@example.com"}')"
+other_key="$(echo "$other_json" | grep -o '"api_key":"[^"]*"' | cut -d'"' -f4)"
+other_id="$(echo "$other_json" | grep -o '"user":{"id":[0-9]*' | grep -o '[0-9]*$')"
+status="$(curl -s -o /dev/null -w '%{http_code}' "$tg/v1/models" -H "Authorization: Bearer $other_key")"
+[ "$status" = 200 ]; check "a new key works (and is now cached)" $?
+key_id="$(curl -s "$tg/api/v1/keys?user_id=$other_id" -H "Authorization: Bearer $admin" | grep -o '"id":[0-9]*' | head -1 | cut -d: -f2)"
+status="$(curl -s -o /dev/null -w '%{http_code}' -X DELETE "$tg/api/v1/keys/$key_id" "${auth[@]}")"
+[ "$status" = 404 ]; check "a user cannot revoke another user's key" $?
+status="$(curl -s -o /dev/null -w '%{http_code}' -X DELETE "$tg/api/v1/keys/$key_id" -H "Authorization: Bearer $admin")"
+[ "$status" = 200 ]; check "an admin revokes it" $?
+status="$(curl -s -o /dev/null -w '%{http_code}' "$tg/v1/models" -H "Authorization: Bearer $other_key")"
+[ "$status" = 401 ]; check "the revoked key is refused at once, cached or not" $?
+
 # --- limits -------------------------------------------------------------------
 head -c $((9 * 1024 * 1024)) /dev/zero | tr '\0' 'a' >"$work/big.txt"
 status="$(curl -s -o "$work/413.json" -w '%{http_code}' "$tg/v1/chat/completions" "${auth[@]}" \

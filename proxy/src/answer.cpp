@@ -268,37 +268,21 @@ bool read_choices(value v, std::string& out) {
 
 answer_facts inspect_answer(std::string_view json) {
     answer_facts facts;
-    simdjson::ondemand::parser parser;
-    const simdjson::padded_string padded(json);
-    simdjson::ondemand::document doc;
-    object root;
-    if (parser.iterate(padded).get(doc) || doc.get_object().get(root)) return answer_facts{};
-    for (auto field : root) {
-        std::string_view key;
-        value v;
-        if (field.unescaped_key().get(key) || field.value().get(v)) return answer_facts{};
-        bool ok = true;
-        if (key == "usage") {
-            ok = read_usage(v, facts);
-        } else if (key == "error") {
-            ok = read_error(v, facts);
-        } else if (key == "model") {
-            json_type type;
-            std::string_view s;
-            facts.model.clear();
-            if (v.type().get(type)) {
-                ok = false;
-            } else if (type == json_type::string) {
-                ok = !v.get_string().get(s);
-                facts.model = std::string(s);
-            }
-        } else if (key == "choices") {
-            ok = read_choices(v, facts.generated_text);
-        }
-        if (!ok) return answer_facts{};
-    }
-    const char* trailing = nullptr;
-    if (!doc.current_location().get(trailing)) return answer_facts{};  // more after the object
+    const bool ok = json_text::each_root_member(json, [&](std::string_view key, value v) {
+        if (key == "usage") return read_usage(v, facts);
+        if (key == "error") return read_error(v, facts);
+        if (key == "choices") return read_choices(v, facts.generated_text);
+        if (key != "model") return true;
+        json_type type;
+        facts.model.clear();
+        if (v.type().get(type)) return false;
+        if (type != json_type::string) return true;
+        std::string_view s;
+        if (v.get_string().get(s)) return false;
+        facts.model = std::string(s);
+        return true;
+    });
+    if (!ok) return answer_facts{};
     facts.json_ok = true;
     return facts;
 }

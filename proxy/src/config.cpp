@@ -73,7 +73,6 @@ bool apply_file(const std::string& path, config& c, std::string& error) {
         if (!read_positive(*server, "server", "io_threads", c.io_threads, error, 256) ||
             !read_positive(*server, "server", "max_body_bytes", c.max_body_bytes, error, 1LL << 30) ||
             !read_positive(*server, "server", "max_header_bytes", c.max_header_bytes, error, 1 << 20) ||
-            !read_positive(*server, "server", "max_pipelined", c.max_pipelined, error, 1024) ||
             !read_positive(*server, "server", "drain_slots", c.drain_slots, error, 100'000) ||
             !read_positive(*server, "server", "pool_idle_per_upstream", c.pool_idle_per_upstream, error, 100'000) ||
             !read_positive(*server, "server", "default_rpm_limit", c.default_rpm_limit, error, 1'000'000'000)) {

@@ -68,10 +68,7 @@ awaitable<void> reply(exchange& x, unsigned status, std::string body, std::strin
     beast::error_code ec;
     x.client.expires_after(x.a.settings.write_timeout);
     co_await http::async_write(x.client, res, asio::redirect_error(use_awaitable, ec));
-    if (ec) {
-        x.client_broken = true;
-        x.keep_alive = false;
-    }
+    if (ec) x.keep_alive = false;
 }
 
 awaitable<void> reply_error(exchange& x, unsigned status, std::string_view code, std::string_view message,

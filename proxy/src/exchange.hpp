@@ -23,7 +23,6 @@ struct exchange {
     bool keep_alive = true;
     route_label route = route_label::other;
     unsigned status = 0;  // what was answered (for /metrics)
-    bool client_broken = false;
     upstream_conn* upstream = nullptr;  // while one is lent: closed by a shutdown cut-off
 };
 

@@ -99,6 +99,27 @@ bool each_member(simdjson::ondemand::value v, F&& fn) {
     return true;
 }
 
+// Parses `text` as one JSON object and calls fn(key, value) for each of its
+// members, in order. False when the text is not exactly one object (trailing
+// bytes included), is malformed, or fn says so.
+template <class F>
+bool each_root_member(std::string_view text, F&& fn) {
+    simdjson::ondemand::parser parser;
+    const simdjson::padded_string padded(text);
+    simdjson::ondemand::document doc;
+    simdjson::ondemand::object root;
+    if (parser.iterate(padded).get(doc) || doc.get_object().get(root)) return false;
+    for (auto field : root) {
+        std::string_view key;
+        simdjson::ondemand::value v;
+        if (field.unescaped_key().get(key) || field.value().get(v) || !fn(key, v)) return false;
+    }
+    // Anything after the object (`{} {}`) makes it something else than one
+    // object: a location past it means there is more.
+    const char* trailing = nullptr;
+    return doc.current_location().get(trailing) != simdjson::SUCCESS;
+}
+
 // Calls fn(element) for each element of `v` when it is an array (any other
 // type is skipped). False on malformed JSON or when fn says so.
 template <class F>

@@ -436,7 +436,6 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
     }
     if (!client_alive || upstream_broken) {
         x.keep_alive = false;
-        x.client_broken = true;
     }
 }
 
@@ -673,10 +672,7 @@ awaitable<void> metered_call(exchange& x, service kind) {
     x.status = status;
     x.client.expires_after(a.settings.write_timeout);
     co_await http::async_write(x.client, res, asio::redirect_error(use_awaitable, ec));
-    if (ec) {
-        x.keep_alive = false;
-        x.client_broken = true;
-    }
+    if (ec) x.keep_alive = false;
 }
 
 }  // namespace tollgate::proxy

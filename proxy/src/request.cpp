@@ -272,21 +272,10 @@ read_status read_field(std::string_view key, value v, reader& r) {
 
 request_facts inspect_request(std::string_view body) {
     request_facts facts;
-    simdjson::ondemand::parser parser;
-    const simdjson::padded_string padded(body);
-    simdjson::ondemand::document doc;
-    object root;
-    if (parser.iterate(padded).get(doc) || doc.get_object().get(root)) return request_facts{};
     reader r{facts, {}, {}, {}, {}};
-    for (auto field : root) {
-        std::string_view key;
-        value v;
-        if (field.unescaped_key().get(key) || field.value().get(v)) return request_facts{};
-        if (read_field(key, v, r) == read_status::malformed) return request_facts{};
-    }
-    // Anything after the object (`{} {}`) makes it something else than one object.
-    const char* trailing = nullptr;
-    if (!doc.current_location().get(trailing)) return request_facts{};
+    const bool ok = json_text::each_root_member(
+        body, [&](std::string_view key, value v) { return read_field(key, v, r) != read_status::malformed; });
+    if (!ok) return request_facts{};
 
     facts.max_tokens = r.max_completion_tokens ? r.max_completion_tokens : r.max_tokens;
     facts.prompt_text = std::move(r.prompt_part);

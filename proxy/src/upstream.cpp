@@ -114,8 +114,6 @@ void close_hard(upstream_conn& c) {
     c.tcp.socket().close(ignored);
 }
 
-bool is_tls(const upstream_conn& c) { return c.tls.has_value(); }
-
 awaitable<void> send_request(upstream_conn& c, http::request<http::string_body>& request, beast::error_code& ec) {
     co_await with_stream(c, [&](auto& stream) -> awaitable<void> {
         co_await http::async_write(stream, request, asio::redirect_error(use_awaitable, ec));

@@ -53,7 +53,6 @@ private:
 // One exchange on a lent connection.
 void expire_after(upstream_conn& c, std::chrono::milliseconds timeout);
 void close_hard(upstream_conn& c);
-bool is_tls(const upstream_conn& c);
 net::awaitable<void> send_request(upstream_conn& c, net::http::request<net::http::string_body>& request,
                                   net::beast::error_code& ec);
 net::awaitable<void> read_header(upstream_conn& c, net::beast::flat_buffer& buffer, response_parser& parser,

@@ -58,7 +58,6 @@ struct config {
     unsigned io_threads = 0;  // 0: the core count
     std::size_t max_body_bytes = 8 << 20;
     std::size_t max_header_bytes = 16 << 10;
-    std::size_t max_pipelined = 16;  // requests read ahead of their answers
     std::chrono::milliseconds header_timeout{30'000};
     std::chrono::milliseconds keepalive_timeout{75'000};
     std::chrono::milliseconds write_timeout{60'000};

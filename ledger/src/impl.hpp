@@ -148,7 +148,10 @@ struct idempotency_row {
 };
 
 struct write_batch {
-    std::vector<std::function<void(sql::database&)>> statements;  // users, keys, subscriptions, audit: in order
+    // Users, keys, subscriptions, audit: in order, before every row below, so
+    // they may name only each other and rows of earlier batches (foreign keys
+    // are checked row by row).
+    std::vector<std::function<void(sql::database&)>> statements;
     std::vector<grant_row> grants;
     std::unordered_map<std::int64_t, hold_row> holds;
     std::vector<usage_row> usage;

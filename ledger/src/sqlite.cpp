@@ -161,7 +161,9 @@ std::int64_t database::scalar(const char* sql) {
     return s->step() ? s->int64(0) : 0;
 }
 
-write_transaction::write_transaction(database& db) : db_(db) { db_.exec("BEGIN IMMEDIATE"); }
+// BEGIN and COMMIT go through the statement cache: sqlite3_exec would parse
+// them again on every batch.
+write_transaction::write_transaction(database& db) : db_(db) { db_.prepare("BEGIN IMMEDIATE")->run(); }
 
 write_transaction::~write_transaction() {
     if (!done_) {
@@ -175,7 +177,7 @@ write_transaction::~write_transaction() {
 }
 
 void write_transaction::commit() {
-    db_.exec("COMMIT");
+    db_.prepare("COMMIT")->run();
     done_ = true;
 }
 

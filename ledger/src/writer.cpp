@@ -104,25 +104,14 @@ void ledger::impl::run_checkpointer() {
 void ledger::impl::write(write_batch& b) {
     auto& db = *writer_db;
     sql::write_transaction txn(db);
-    // Rows of one batch reference each other in every direction (a grant's
-    // refund event, a transaction's grant); check the keys at commit.
-    db.exec("PRAGMA defer_foreign_keys = ON");
-
+    // Foreign keys are checked row by row, so every parent goes in before
+    // its children: users and keys (the statements), holds, usage events
+    // (which name a hold), grants (a refund names its event), transactions
+    // (which name a grant or an event). No batch has a cycle. Deferring the
+    // checks instead would take `PRAGMA defer_foreign_keys` per batch, and
+    // every flag pragma expires all prepared statements: the writer then
+    // spent half its time preparing them again (bench/README.md).
     for (auto& statement : b.statements) statement(db);
-
-    sql::write_rows(db,
-                    "INSERT INTO credit_grants (id, user_id, kind, amount_micros, remaining_micros, priority, "
-                    "effective_at_ms, expires_at_ms, source, refund_of_event_id, created_at_ms) VALUES ",
-                    "", 11, b.grants, [&](sql::statement& s, int i, const grant_row& g) {
-                        // A grant born in this batch is inserted with its final remaining.
-                        const auto remaining = b.grant_remaining.find(g.id);
-                        s.bind(i, g.id).bind(i + 1, g.user_id).bind(i + 2, to_string(g.kind));
-                        s.bind(i + 3, g.amount_micros);
-                        s.bind(i + 4, remaining != b.grant_remaining.end() ? remaining->second : g.amount_micros);
-                        s.bind(i + 5, g.priority).bind(i + 6, g.effective_at_ms).bind(i + 7, g.expires_at_ms);
-                        s.bind(i + 8, g.source).bind(i + 9, g.refund_of_event_id).bind(i + 10, g.created_at_ms);
-                        if (remaining != b.grant_remaining.end()) b.grant_remaining.erase(remaining);
-                    });
 
     // A hold opened and closed within the batch is written once, closed.
     std::vector<std::pair<std::int64_t, const hold_row*>> ordered_holds;
@@ -155,6 +144,20 @@ void ledger::impl::write(write_batch& b) {
                         s.bind(i + 15, u.markup_micros).bind(i + 16, e.charged_micros).bind(i + 17, u.price_source);
                         s.bind(i + 18, u.catalog_hash).bind(i + 19, u.status).bind(i + 20, u.latency_ms);
                         s.bind(i + 21, e.fingerprint).bind(i + 22, e.created_at_ms);
+                    });
+
+    sql::write_rows(db,
+                    "INSERT INTO credit_grants (id, user_id, kind, amount_micros, remaining_micros, priority, "
+                    "effective_at_ms, expires_at_ms, source, refund_of_event_id, created_at_ms) VALUES ",
+                    "", 11, b.grants, [&](sql::statement& s, int i, const grant_row& g) {
+                        // A grant born in this batch is inserted with its final remaining.
+                        const auto remaining = b.grant_remaining.find(g.id);
+                        s.bind(i, g.id).bind(i + 1, g.user_id).bind(i + 2, to_string(g.kind));
+                        s.bind(i + 3, g.amount_micros);
+                        s.bind(i + 4, remaining != b.grant_remaining.end() ? remaining->second : g.amount_micros);
+                        s.bind(i + 5, g.priority).bind(i + 6, g.effective_at_ms).bind(i + 7, g.expires_at_ms);
+                        s.bind(i + 8, g.source).bind(i + 9, g.refund_of_event_id).bind(i + 10, g.created_at_ms);
+                        if (remaining != b.grant_remaining.end()) b.grant_remaining.erase(remaining);
                     });
 
     sql::write_rows(db,

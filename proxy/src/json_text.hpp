@@ -11,6 +11,8 @@
 #include <simdjson.h>
 
 #include <cstddef>
+#include <cstring>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -104,11 +106,31 @@ bool each_member(simdjson::ondemand::value v, F&& fn) {
 // bytes included), is malformed, or fn says so.
 template <class F>
 bool each_root_member(std::string_view text, F&& fn) {
-    simdjson::ondemand::parser parser;
-    const simdjson::padded_string padded(text);
+    // A stream parses every event: one parser and one padded copy per
+    // thread, kept, instead of two allocations per call. Large texts (a big
+    // request body) and a call from inside fn (none today) get their own, so
+    // what a thread keeps stays small.
+    struct scratch {
+        simdjson::ondemand::parser parser;
+        std::string padded;
+        bool in_use = false;
+    };
+    thread_local scratch shared;
+    scratch own;
+    constexpr std::size_t kept_up_to = 64 * 1024;
+    scratch& s = shared.in_use || text.size() > kept_up_to ? own : shared;
+    s.in_use = true;
+    struct release {
+        scratch& s;
+        ~release() { s.in_use = false; }
+    } releasing{s};
+
+    s.padded.resize(text.size() + simdjson::SIMDJSON_PADDING);
+    if (!text.empty()) std::memcpy(s.padded.data(), text.data(), text.size());
+    const simdjson::padded_string_view padded(s.padded.data(), text.size(), s.padded.size());
     simdjson::ondemand::document doc;
     simdjson::ondemand::object root;
-    if (parser.iterate(padded).get(doc) || doc.get_object().get(root)) return false;
+    if (s.parser.iterate(padded).get(doc) || doc.get_object().get(root)) return false;
     for (auto field : root) {
         std::string_view key;
         simdjson::ondemand::value v;

@@ -325,9 +325,14 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
     std::string pending_text;  // relayed text not yet counted
     beast::error_code client_ec;
 
+    // Every complete event of one read goes out in one write (one chunk, one
+    // system call), as a proxy that copies what it read would: a read holds
+    // at most the 16 KiB of `chunk` plus the unfinished event before it.
+    std::string out;
     auto take_events = [&]() -> awaitable<void> {
+        out.clear();
         while (auto ev = events.next()) {
-            std::string_view out = ev->raw;
+            std::string_view relayed = ev->raw;
             if (ev->has_data && ev->data != "[DONE]") {
                 const auto facts = inspect_answer(ev->data);
                 if (facts.usage == member_state::value) s.usage = facts.reported;
@@ -346,18 +351,20 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
                 if (splice_usage && facts.usage != member_state::absent) {
                     if (auto cut = remove_usage_member(ev->raw)) {
                         edited = std::move(*cut);
-                        out = edited;
+                        relayed = edited;
                     }
                 }
             }
-            if (!client_alive || out.empty()) continue;
-            x.client.expires_after(a.settings.write_timeout);
-            // The client's errors have their own code: a client gone is a
-            // drain, not an upstream failure.
-            co_await asio::async_write(x.client, http::make_chunk(asio::buffer(out.data(), out.size())),
-                                       asio::redirect_error(use_awaitable, client_ec));
-            if (client_ec) client_alive = false;
+            if (client_alive) out.append(relayed);
         }
+        if (!client_alive || out.empty()) co_return;
+        a.stats.note_stream_buffer(static_cast<std::int64_t>(events.buffered() + buffer.size() + out.size()));
+        x.client.expires_after(a.settings.write_timeout);
+        // The client's errors have their own code: a client gone is a
+        // drain, not an upstream failure.
+        co_await asio::async_write(x.client, http::make_chunk(asio::buffer(out.data(), out.size())),
+                                   asio::redirect_error(use_awaitable, client_ec));
+        if (client_ec) client_alive = false;
     };
 
     while (!parser.is_done()) {

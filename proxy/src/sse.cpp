@@ -7,6 +7,7 @@
 #include "tollgate/proxy/wire.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 namespace tollgate::proxy {
 
@@ -14,7 +15,16 @@ namespace {
 
 constexpr std::string_view byte_order_mark = "\xEF\xBB\xBF";
 
-bool is_line_end(char c) { return c == '\n' || c == '\r'; }
+// The first CR or LF in p[from, to), else `to`. memchr runs a word or a
+// vector at a time; most streams have no CR at all, and the second search
+// then covers only the line the first one found.
+std::size_t find_line_end(const char* p, std::size_t from, std::size_t to) {
+    if (from >= to) return to;
+    const auto* lf = static_cast<const char*>(std::memchr(p + from, '\n', to - from));
+    const std::size_t lf_at = lf ? static_cast<std::size_t>(lf - p) : to;
+    const auto* cr = static_cast<const char*>(std::memchr(p + from, '\r', lf_at - from));
+    return cr ? static_cast<std::size_t>(cr - p) : lf_at;
+}
 
 }  // namespace
 
@@ -71,7 +81,7 @@ std::optional<sse_event> sse_parser::next() {
                 continue;
             }
         }
-        while (pos < size && !is_line_end(p[pos])) ++pos;
+        pos = find_line_end(p, pos, size);
         if (pos == size) break;
         const bool empty_line = pos - start_ == line_start_;
         std::size_t after = pos + 1;
@@ -103,9 +113,9 @@ sse_event sse_parser::finish_event(std::size_t end) {
     sse_event event{raw, {}, false};
     std::size_t i = skip_bom_ ? byte_order_mark.size() : 0;
     skip_bom_ = false;
+    bool joined = false;  // data is in joined_data_, not a view of raw
     while (i < raw.size()) {
-        std::size_t eol = i;
-        while (eol < raw.size() && !is_line_end(raw[eol])) ++eol;
+        const std::size_t eol = find_line_end(raw.data(), i, raw.size());
         const std::string_view line = raw.substr(i, eol - i);
         if (line.empty()) break;  // the blank line that ends the event
         if (line.front() != ':') {  // not a comment
@@ -114,8 +124,17 @@ sse_event sse_parser::finish_event(std::size_t end) {
             if (field == "data") {
                 std::string_view value = colon == std::string_view::npos ? std::string_view{} : line.substr(colon + 1);
                 if (!value.empty() && value.front() == ' ') value.remove_prefix(1);
-                if (event.has_data) event.data += '\n';
-                event.data.append(value);
+                if (!event.has_data) {
+                    event.data = value;  // one data line, the usual case: no copy
+                } else {
+                    if (!joined) {
+                        joined_data_.assign(event.data);
+                        joined = true;
+                    }
+                    joined_data_ += '\n';
+                    joined_data_.append(value);
+                    event.data = joined_data_;
+                }
                 event.has_data = true;
             }
             // event:, id:, retry: and unknown fields stay in raw only.

@@ -50,7 +50,7 @@ parsed parse(std::string_view text, std::size_t cut, std::size_t max_event_bytes
                 out.events.back().raw += '\n';
                 continue;
             }
-            out.events.push_back({std::string(ev->raw), ev->data, ev->has_data});
+            out.events.push_back({std::string(ev->raw), std::string(ev->data), ev->has_data});
         }
     }
     out.pending = std::string(parser.pending());
@@ -75,7 +75,7 @@ std::string data_of(std::string_view event) {
     parser.feed(event);
     parser.feed("\n\n");
     auto ev = parser.next();
-    return ev ? ev->data : std::string();
+    return ev ? std::string(ev->data) : std::string();
 }
 
 void check_usage(const answer_facts& f) {

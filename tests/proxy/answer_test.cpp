@@ -21,7 +21,7 @@ std::string data_of(std::string_view event) {
     parser.feed(event);
     auto ev = parser.next();
     REQUIRE(ev);
-    return ev->data;
+    return std::string(ev->data);
 }
 
 bool valid_object(std::string_view json) {

@@ -37,7 +37,7 @@ run_result run(std::string_view stream, const std::vector<std::size_t>& cuts, st
         parser.feed(stream.substr(from, to - from));
         from = to;
         out.most_buffered = std::max(out.most_buffered, parser.buffered());
-        while (auto ev = parser.next()) out.events.push_back({std::string(ev->raw), ev->data, ev->has_data});
+        while (auto ev = parser.next()) out.events.push_back({std::string(ev->raw), std::string(ev->data), ev->has_data});
     };
     for (const auto cut : cuts) feed_to(cut);
     feed_to(stream.size());

@@ -66,7 +66,7 @@ std::optional<std::string> force_include_usage(std::string_view body);
 // are exactly the bytes fed, in order.
 struct sse_event {
     std::string_view raw;   // its bytes exactly as received, through the blank line that ends it
-    std::string data;       // its data lines joined with '\n' ("data:" and one following space removed)
+    std::string_view data;  // its data lines joined with '\n' ("data:" and one following space removed)
     bool has_data = false;  // false: only comments (": OPENROUTER PROCESSING") or other fields
 };
 
@@ -86,7 +86,7 @@ public:
 
     void feed(std::string_view bytes);
     // The next complete event, or nullopt until more bytes arrive. `raw`
-    // stays valid until the next feed().
+    // stays valid until the next feed(), `data` until the next next().
     std::optional<sse_event> next();
     // An event grew past max_event_bytes without ending: the stream is
     // malformed and is aborted (the parser's memory stays bounded).
@@ -100,6 +100,7 @@ private:
     sse_event finish_event(std::size_t end);
 
     std::string buffer_;
+    std::string joined_data_;     // data of an event with several data lines
     std::size_t start_ = 0;       // first byte of the event being assembled
     std::size_t scanned_ = 0;     // bytes of it already scanned for a line end
     std::size_t line_start_ = 0;  // where its current line starts (from start_)

@@ -15,7 +15,9 @@
 
 namespace tollgate::ledger {
 
-inline constexpr int checkpoint_interval_ms = 20;
+// A page rewritten by many commits is copied to the database once per
+// checkpoint: fewer checkpoints, less copying, a longer WAL in between.
+inline constexpr int checkpoint_interval_ms = 100;
 
 // ---------------------------------------------------------------------------
 // The book: the in-memory truth that admission and draw-down decide on.

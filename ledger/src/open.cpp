@@ -64,6 +64,10 @@ migrate_result apply_migrations(sql::database& db) {
             sql::write_transaction txn(db);
             db.exec(m.sql);
             db.exec(fmt::format("PRAGMA user_version = {}", m.version));
+            // A migration may edit sqlite_schema directly (0003), which does
+            // not tell other connections, nor this one, to reread the schema.
+            const auto schema_version = db.scalar("PRAGMA schema_version");
+            db.exec(fmt::format("PRAGMA schema_version = {}", schema_version + 1));
             txn.commit();
         } catch (const sql::error& e) {
             out.error = e.is_corruption() ? open_error::not_a_database : open_error::migration_failed;

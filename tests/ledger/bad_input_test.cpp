@@ -183,6 +183,58 @@ TEST_CASE("migrate is idempotent and check-ledger reads a fresh database", "[led
     CHECK_FALSE(ledger::check_database(dir.file("missing.db")).ok);
 }
 
+TEST_CASE("the checks rewritten by migration 0003 refuse what they refused before", "[ledger]") {
+    temp_dir dir;
+    const auto path = dir.file("checks.db");
+    REQUIRE(ledger::migrate(path).error == ledger::open_error::none);
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+    auto run = [&](const std::string& sql) {
+        const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr);
+        return rc & 0xff;
+    };
+    auto schema_of = [&](const char* table) {
+        sqlite3_stmt* s = nullptr;
+        REQUIRE(sqlite3_prepare_v2(db, "SELECT sql FROM sqlite_schema WHERE name = ?1", -1, &s, nullptr) == SQLITE_OK);
+        sqlite3_bind_text(s, 1, table, -1, SQLITE_STATIC);
+        REQUIRE(sqlite3_step(s) == SQLITE_ROW);
+        std::string sql = reinterpret_cast<const char*>(sqlite3_column_text(s, 0));
+        sqlite3_finalize(s);
+        return sql;
+    };
+    // The IN lists are gone (each one cost a temporary B-tree per statement).
+    for (const char* table : {"reservations", "credit_grants", "credit_transactions", "usage_events"}) {
+        INFO(table);
+        CHECK(schema_of(table).find(" IN (") == std::string::npos);
+    }
+    // Foreign keys are off on this raw connection: only the CHECKs decide.
+    const std::string reservation =
+        "INSERT INTO reservations (id, user_id, request_id, amount_micros, state, created_at_ms, expires_at_ms) "
+        "VALUES ({}, 1, 'r', 5, '{}', 0, 1)";
+    CHECK(run(fmt::format(fmt::runtime(reservation), 1, "held")) == SQLITE_OK);
+    CHECK(run(fmt::format(fmt::runtime(reservation), 2, "expired")) == SQLITE_OK);
+    CHECK(run(fmt::format(fmt::runtime(reservation), 3, "open")) == SQLITE_CONSTRAINT);
+    CHECK(run(fmt::format(fmt::runtime(reservation), 4, "HELD")) == SQLITE_CONSTRAINT);
+    const std::string grant =
+        "INSERT INTO credit_grants (id, user_id, kind, amount_micros, remaining_micros, priority, effective_at_ms, "
+        "source, created_at_ms) VALUES ({}, 1, '{}', 5, 5, 0, 0, 's', 0)";
+    CHECK(run(fmt::format(fmt::runtime(grant), 1, "purchased")) == SQLITE_OK);
+    CHECK(run(fmt::format(fmt::runtime(grant), 2, "gift")) == SQLITE_CONSTRAINT);
+    const std::string txn =
+        "INSERT INTO credit_transactions (id, user_id, type, amount_micros, balance_after_micros, actor, reason, "
+        "created_at_ms) VALUES ({}, 1, '{}', 5, 5, 'a', 'r', 0)";
+    CHECK(run(fmt::format(fmt::runtime(txn), 1, "debt")) == SQLITE_OK);
+    CHECK(run(fmt::format(fmt::runtime(txn), 2, "bonus")) == SQLITE_CONSTRAINT);
+    const std::string event =
+        "INSERT INTO usage_events (id, request_id, user_id, service, upstream, model, charged_micros, price_source, "
+        "created_at_ms) "
+        "VALUES ({}, 'r', 1, 'llm', 'openrouter', 'm', 0, '{}', 0)";
+    CHECK(run(fmt::format(fmt::runtime(event), 1, "fixed")) == SQLITE_OK);
+    CHECK(run(fmt::format(fmt::runtime(event), 2, "guessed")) == SQLITE_CONSTRAINT);
+    CHECK(run("PRAGMA integrity_check") == SQLITE_OK);
+    sqlite3_close(db);
+}
+
 TEST_CASE("history tables refuse updates and deletes", "[ledger]") {
     temp_dir dir;
     manual_clock clock;

@@ -287,6 +287,11 @@ answer_facts inspect_answer(std::string_view json) {
     return facts;
 }
 
+bool may_hold_usage_or_error(std::string_view json) {
+    return json.find("\"usage\"") != std::string_view::npos || json.find("\"error\"") != std::string_view::npos ||
+           json.find("\\u") != std::string_view::npos;
+}
+
 // ---- remove_usage_member ---------------------------------------------------
 
 namespace {

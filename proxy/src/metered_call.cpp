@@ -294,6 +294,31 @@ upstream_failure failure_of(const beast::error_code& ec) {
     return upstream_failure::malformed;
 }
 
+// The data of relayed events not parsed yet (at most about 64 KiB): their
+// generated text is needed only if the stream ends without usage.
+class uninspected_events {
+public:
+    void defer(std::string_view data) {
+        data_.append(data);
+        ends_.push_back(data_.size());
+    }
+    bool full() const { return data_.size() > 65536; }
+    // Appends the generated text of every deferred event to `text`.
+    void inspect(std::string& text) {
+        std::size_t begin = 0;
+        for (const auto end : ends_) {
+            text += inspect_answer(std::string_view(data_).substr(begin, end - begin)).generated_text;
+            begin = end;
+        }
+        data_.clear();
+        ends_.clear();
+    }
+
+private:
+    std::string data_;
+    std::vector<std::size_t> ends_;
+};
+
 // Streams (SPEC 5): events relayed as they arrive, one read ahead at most,
 // so a slow reader slows the upstream instead of growing tollgate.
 awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat_buffer& buffer,
@@ -329,21 +354,37 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
     // system call), as a proxy that copies what it read would: a read holds
     // at most the 16 KiB of `chunk` plus the unfinished event before it.
     std::string out;
+    auto relay = [&](std::string_view relayed) {
+        if (client_alive) out.append(relayed);
+    };
+    // Text is counted only if the upstream reports no usage: kept as text,
+    // folded into a count every 64 KiB so memory stays bounded.
+    uninspected_events uninspected;
+    auto fold_pending_text = [&](bool all) {
+        if (pending_text.size() > 65536 || (all && !pending_text.empty())) {
+            s.generated_tokens += static_cast<std::int64_t>(tok->count(pending_text));
+            pending_text.clear();
+        }
+    };
     auto take_events = [&]() -> awaitable<void> {
         out.clear();
         while (auto ev = events.next()) {
             std::string_view relayed = ev->raw;
             if (ev->has_data && ev->data != "[DONE]") {
+                if (!s.answer_model.empty() && !may_hold_usage_or_error(ev->data)) {
+                    // Most events: only their text matters, and only if no
+                    // usage comes. Parsed later, if at all.
+                    uninspected.defer(ev->data);
+                    if (uninspected.full()) uninspected.inspect(pending_text);
+                    fold_pending_text(false);
+                    relay(ev->raw);
+                    continue;
+                }
                 const auto facts = inspect_answer(ev->data);
                 if (facts.usage == member_state::value) s.usage = facts.reported;
                 if (!facts.model.empty()) s.answer_model = facts.model;
-                // Counted only if the upstream reports no usage: kept as
-                // text, folded into a count every 64 KiB so memory stays bounded.
                 pending_text += facts.generated_text;
-                if (pending_text.size() > 65536) {
-                    s.generated_tokens += static_cast<std::int64_t>(tok->count(pending_text));
-                    pending_text.clear();
-                }
+                fold_pending_text(false);
                 if (facts.error) {
                     stream_error = true;
                     a.stats.count_upstream_failure(upstream_failure::stream_error);
@@ -355,7 +396,7 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
                     }
                 }
             }
-            if (client_alive) out.append(relayed);
+            relay(relayed);
         }
         if (!client_alive || out.empty()) co_return;
         a.stats.note_stream_buffer(static_cast<std::int64_t>(events.buffered() + buffer.size() + out.size()));
@@ -420,7 +461,10 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
         s.tgt.pool->give_back(std::move(conn));
     }
 
-    if (!s.usage && !pending_text.empty()) s.generated_tokens += static_cast<std::int64_t>(tok->count(pending_text));
+    if (!s.usage) {
+        uninspected.inspect(pending_text);
+        fold_pending_text(true);
+    }
     const bool generated = s.generated_tokens > 0 || !pending_text.empty() || (s.usage && s.usage->tokens.completion_tokens > 0) ||
                            (s.usage && s.usage->cost_pico.value_or(0) > 0);
     std::string status = "ok";

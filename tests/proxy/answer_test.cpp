@@ -233,6 +233,31 @@ TEST_CASE("mid-stream errors: OpenRouter's with an int or string code, LiteLLM's
     }
 }
 
+TEST_CASE("may_hold_usage_or_error: never false for an event that has either", "[proxy][answer]") {
+    // Every event that inspect_answer finds a usage (even null) or an error
+    // member in must pass the cheap test; a plain delta need not.
+    const std::vector<std::string> events = {
+        R"({"id":"gen-1","model":"m","choices":[{"index":0,"delta":{"content":"Hi"}}]})",
+        R"({"id":"gen-1","model":"m","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"cost":0.1}})",
+        R"({"choices":[{"delta":{"content":"x"}}],"usage":null})",
+        R"({"error":{"code":502,"message":"Provider disconnected"},"choices":[{"finish_reason":"error"}]})",
+        R"({"error":"boom"})",
+        R"({ "usage" : {"prompt_tokens":1}})",
+        R"({"usage":{"prompt_tokens":1,"completion_tokens":1}})",
+        R"({"error":{"message":"spelled with an escape"}})",
+        R"({"choices":[{"delta":{"content":"the word "usage" in the text"}}]})",
+    };
+    for (const auto& e : events) {
+        INFO(e);
+        const auto f = inspect_answer(e);
+        if (f.usage != member_state::absent || f.error) CHECK(may_hold_usage_or_error(e));
+    }
+    CHECK(inspect_answer(events[6]).usage == member_state::value);  // the escaped key is a real usage
+    CHECK_FALSE(may_hold_usage_or_error(events[0]));
+    CHECK_FALSE(may_hold_usage_or_error(R"({"choices":[{"delta":{"content":"usage, error"}}]})"));
+    CHECK(may_hold_usage_or_error(events[8]));  // in doubt (a quoted "usage" in text): inspect it
+}
+
 TEST_CASE("generated text: deltas, reasoning, tool-call arguments, completions", "[proxy][answer]") {
     CHECK(inspect_answer(R"({"choices":[{"delta":{"reasoning":"Let me ","reasoning_details":[{"type":"reasoning.text","text":"x"}]}}]})")
               .generated_text == "Let me ");

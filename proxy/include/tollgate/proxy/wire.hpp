@@ -153,6 +153,11 @@ struct answer_facts {
 
 answer_facts inspect_answer(std::string_view json);
 
+// False when `json` cannot hold a top-level `usage` or `error` member: its
+// text contains neither key in quotes nor a \u escape (which could spell
+// one). A stream inspects such events only if it needs their text.
+bool may_hold_usage_or_error(std::string_view json);
+
 // `raw` is one SSE event whose data is a JSON object with a top-level
 // `usage` member (an object or null). Returns the event with that member
 // (key, value and one adjoining comma) removed and every other byte

@@ -294,15 +294,17 @@ upstream_failure failure_of(const beast::error_code& ec) {
     return upstream_failure::malformed;
 }
 
-// The data of relayed events not parsed yet (at most about 64 KiB): their
-// generated text is needed only if the stream ends without usage.
+// The data of relayed events not parsed yet: their generated text is needed
+// only if the stream ends without usage. Kept small (8 KiB, about 30 chunks),
+// since every open stream holds it: a longer answer is parsed as it goes,
+// 8 KiB at a time, and only a short one skips the parsing entirely.
 class uninspected_events {
 public:
     void defer(std::string_view data) {
         data_.append(data);
         ends_.push_back(data_.size());
     }
-    bool full() const { return data_.size() > 65536; }
+    bool full() const { return data_.size() > 8192; }
     // Appends the generated text of every deferred event to `text`.
     void inspect(std::string& text) {
         std::size_t begin = 0;

@@ -39,7 +39,11 @@ mock="$(grep -o 'http://[0-9.:]*' "$work/mock.log" | head -1)"
 
 admin="raw-wire-admin-token-0123456789"
 # A prefix route (SPEC 5: Center-Deep searches), here onto the mock's stats.
+# One drain slot, so the second client to leave mid-stream finds none.
 cat >"$work/tollgate.toml" <<TOML
+[server]
+drain_slots = 1
+
 [[routes]]
 prefix = "/center-deep"
 service = "search"
@@ -151,6 +155,39 @@ if grep -q __asan_init "$tollgate_bin"; then
 else
   [ $((rss_after - rss_before)) -lt 4096 ]; check "RSS grew by less than 4 MiB for a ${bytes}-byte stream" $?
 fi
+
+# --- clients leaving mid-stream: the first is drained, the next is cut off ---
+# One drain slot (the TOML above). A stream of 80 events 25 ms apart lasts
+# 2 s; each client leaves after 0.4 s, the second while the first one's drain
+# still holds the slot.
+drain_json="$(curl -s -X POST "$tg/api/v1/users" -H "Authorization: Bearer $admin" \
+  -d '{"email":"drain@example.com","tier":"enterprise"}')"
+drain_key="$(echo "$drain_json" | grep -o '"api_key":"[^"]*"' | cut -d'"' -f4)"
+dauth=(-H "Authorization: Bearer $drain_key")
+balance_of() { curl -s "$tg/api/v1/credits/balance" "$@" | grep -o '"balance_micros":[0-9-]*' | cut -d: -f2; }
+charges_of() { curl -s "$tg/api/v1/credits/transactions?type=charge" "$@" | grep -o '"amount_micros":-[0-9]*' | cut -d- -f2; }
+metric() { curl -s "$tg/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+b0="$(balance_of "${dauth[@]}")"
+curl -sN "$tg/v1/chat/completions" "${dauth[@]}" -H 'x-mock-tokens: 80' -d "$stream" >"$work/whole.sse"
+full=$((b0 - $(balance_of "${dauth[@]}")))
+curl -sN --max-time 0.4 "$tg/v1/chat/completions" "${dauth[@]}" -H 'x-mock-tokens: 80' -H 'x-mock-delay-ms: 25' \
+  -d "$stream" >"$work/left1.sse"
+curl -sN --max-time 0.4 "$tg/v1/chat/completions" "${dauth[@]}" -H 'x-mock-tokens: 80' -H 'x-mock-delay-ms: 25' \
+  -d "$stream" >"$work/left2.sse"
+for _ in $(seq 1 100); do  # both settled: three charges (bounded wait, 10 s)
+  [ "$(charges_of "${dauth[@]}" | wc -l)" -ge 3 ] && [ "$(metric tollgate_drain_slots_in_use)" = 0 ] && break
+  sleep 0.1
+done
+# The two newest charges, smaller first: the drained call settles last (it
+# runs to the end), so the order of settlement says nothing.
+mapfile -t charged < <(charges_of "${dauth[@]}" | head -2 | sort -n)
+echo "     whole stream charged $full; left, no slot: ${charged[0]:-none}; left and drained: ${charged[1]:-none}"
+[ "$(metric 'tollgate_drains_total{outcome="drained"}')" = 1 ]; check "the first client to leave took the drain slot" $?
+[ "$(metric 'tollgate_drains_total{outcome="refused"}')" = 1 ]; check "the second found none" $?
+[ "${charged[1]:-0}" -eq "$full" ]; check "the drained call is charged its full usage, as if read to the end" $?
+[ "${charged[0]:-0}" -gt 0 ] && [ "${charged[0]:-0}" -lt "$full" ]
+check "the cut-off call is charged for the tokens relayed before it, no more" $?
+[ "$(grep -c '"content"' "$work/left2.sse")" -lt 80 ]; check "(the second client did leave early)" $?
 
 # --- graceful shutdown: a stream in flight finishes and is settled -----------
 curl -sN "$tg/v1/chat/completions" "${auth[@]}" -H 'x-mock-tokens: 30' -H 'x-mock-delay-ms: 40' \

@@ -14,7 +14,9 @@
 #include <array>
 #include <chrono>
 #include <ctime>
+#include <functional>
 #include <limits>
+#include <memory>
 
 namespace tollgate::proxy {
 
@@ -294,6 +296,74 @@ upstream_failure failure_of(const beast::error_code& ec) {
     return upstream_failure::malformed;
 }
 
+// A stream's deadlines (the upstream's idle and overall ones, the client's
+// write one), kept by one timer for the whole stream instead of Beast's timer
+// armed and cancelled around every read and write. Setting a deadline only
+// stores it; the timer wakes at least every `period` and when a deadline
+// nearer than its next wake is set, and cancels the socket whose deadline
+// has passed (the pending operation then ends with operation_aborted).
+class stream_watchdog {
+public:
+    stream_watchdog(asio::any_io_executor ex, std::chrono::milliseconds period, std::function<void()> cancel_read,
+                    std::function<void()> cancel_write)
+        : s_(std::make_shared<state>(std::move(ex), period, std::move(cancel_read), std::move(cancel_write))) {}
+    stream_watchdog(const stream_watchdog&) = delete;
+    stream_watchdog& operator=(const stream_watchdog&) = delete;
+    ~stream_watchdog() { stop(); }
+
+    void reading_until(clock::time_point t) { set(s_->read_by, t); }
+    void read_done() { s_->read_by = clock::time_point::max(); }
+    void writing_until(clock::time_point t) { set(s_->write_by, t); }
+    void write_done() { s_->write_by = clock::time_point::max(); }
+    bool read_expired() const { return s_->read_expired; }
+    // After this the sockets may go: a wake already queued does nothing.
+    void stop() {
+        if (!s_->active) return;
+        s_->active = false;
+        s_->timer.cancel();
+    }
+
+private:
+    struct state {
+        state(asio::any_io_executor ex, std::chrono::milliseconds p, std::function<void()> r, std::function<void()> w)
+            : timer(std::move(ex)), period(p), cancel_read(std::move(r)), cancel_write(std::move(w)) {}
+        asio::steady_timer timer;
+        std::chrono::milliseconds period;
+        std::function<void()> cancel_read, cancel_write;
+        clock::time_point read_by = clock::time_point::max();
+        clock::time_point write_by = clock::time_point::max();
+        clock::time_point wakes_at = clock::time_point::max();
+        bool active = true;
+        bool read_expired = false;
+    };
+
+    void set(clock::time_point& deadline, clock::time_point t) {
+        deadline = t;
+        if (t < s_->wakes_at) arm(s_, std::min(t, clock::now() + s_->period));
+    }
+
+    static void arm(const std::shared_ptr<state>& s, clock::time_point at) {
+        s->wakes_at = at;
+        s->timer.expires_at(at);
+        s->timer.async_wait([s](const beast::error_code& ec) {
+            if (!s->active || ec == asio::error::operation_aborted) return;
+            const auto now = clock::now();
+            if (s->read_by <= now) {
+                s->read_by = clock::time_point::max();
+                s->read_expired = true;
+                s->cancel_read();
+            }
+            if (s->write_by <= now) {
+                s->write_by = clock::time_point::max();
+                s->cancel_write();
+            }
+            arm(s, std::min(std::min(s->read_by, s->write_by), now + s->period));
+        });
+    }
+
+    std::shared_ptr<state> s_;
+};
+
 // The data of relayed events not parsed yet: their generated text is needed
 // only if the stream ends without usage. Kept small (8 KiB, about 30 chunks),
 // since every open stream holds it: a longer answer is parsed as it goes,
@@ -355,10 +425,22 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
     // Every complete event of one read goes out in one write (one chunk, one
     // system call), as a proxy that copies what it read would: a read holds
     // at most the 16 KiB of `chunk` plus the unfinished event before it.
+    // `out` starts with room for the chunk's size line, written in once
+    // the size is known: one buffer, one write.
+    constexpr std::size_t size_line_room = 18;  // 16 hex digits, CRLF
     std::string out;
     auto relay = [&](std::string_view relayed) {
         if (client_alive) out.append(relayed);
     };
+    const auto watch_period = std::max(std::min(a.settings.idle_timeout, a.settings.write_timeout) / 2,
+                                       std::chrono::milliseconds(1));
+    stream_watchdog watch(
+        x.client.get_executor(), watch_period, [&] { cancel_io(*conn); },
+        [&] {
+            beast::error_code ignored;
+            x.client.socket().cancel(ignored);
+        });
+    no_deadline(*conn);
     // Text is counted only if the upstream reports no usage: kept as text,
     // folded into a count every 64 KiB so memory stays bounded.
     uninspected_events uninspected;
@@ -369,7 +451,7 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
         }
     };
     auto take_events = [&]() -> awaitable<void> {
-        out.clear();
+        out.assign(size_line_room, '\0');
         while (auto ev = events.next()) {
             std::string_view relayed = ev->raw;
             if (ev->has_data && ev->data != "[DONE]") {
@@ -400,13 +482,19 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
             }
             relay(relayed);
         }
-        if (!client_alive || out.empty()) co_return;
+        const std::size_t size = out.size() - size_line_room;
+        if (!client_alive || size == 0) co_return;
         a.stats.note_stream_buffer(static_cast<std::int64_t>(events.buffered() + buffer.size() + out.size()));
-        x.client.expires_after(a.settings.write_timeout);
+        const auto size_line = fmt::format("{:x}\r\n", size);
+        const std::size_t begin = size_line_room - size_line.size();
+        out.replace(begin, size_line.size(), size_line);
+        out += "\r\n";
+        watch.writing_until(clock::now() + a.settings.write_timeout);
         // The client's errors have their own code: a client gone is a
         // drain, not an upstream failure.
-        co_await asio::async_write(x.client, http::make_chunk(asio::buffer(out.data(), out.size())),
+        co_await asio::async_write(x.client.socket(), asio::buffer(out.data() + begin, out.size() - begin),
                                    asio::redirect_error(use_awaitable, client_ec));
+        watch.write_done();
         if (client_ec) client_alive = false;
     };
 
@@ -427,10 +515,10 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
         }
         parser.get().body().data = chunk.data();
         parser.get().body().size = chunk.size();
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now());
-        expire_after(*conn, std::min(a.settings.idle_timeout, std::max(left, std::chrono::milliseconds(1))));
-        co_await read_some(*conn, buffer, parser, ec);
-        if (ec == http::error::need_buffer) ec = {};
+        watch.reading_until(std::min(clock::now() + a.settings.idle_timeout, deadline));
+        co_await read_body_some(*conn, buffer, parser, ec);
+        watch.read_done();
+        if (ec && watch.read_expired()) ec = beast::error::timeout;
         const auto got = chunk.size() - parser.get().body().size;
         if (got) events.feed(std::string_view(chunk.data(), got));
         a.stats.note_stream_buffer(static_cast<std::int64_t>(events.buffered() + buffer.size()));
@@ -446,12 +534,14 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
             break;
         }
     }
+    watch.stop();
     if (drain_slot) a.stats.drain_slots_in_use--;
     a.stats.open_streams--;
 
     // An event cut off by the end of the stream still reaches the client.
     if (!upstream_broken && client_alive && !events.pending().empty()) {
         const auto rest = events.pending();
+        x.client.expires_after(a.settings.write_timeout);
         co_await asio::async_write(x.client, http::make_chunk(asio::buffer(rest.data(), rest.size())),
                                    asio::redirect_error(use_awaitable, ec));
         if (ec) client_alive = false;

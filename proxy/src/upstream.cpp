@@ -134,6 +134,55 @@ awaitable<std::size_t> read_some(upstream_conn& c, beast::flat_buffer& buffer, r
     });
 }
 
+void no_deadline(upstream_conn& c) { c.tcp.expires_never(); }
+
+void cancel_io(upstream_conn& c) {
+    beast::error_code ignored;
+    c.tcp.socket().cancel(ignored);
+}
+
+awaitable<void> read_body_some(upstream_conn& c, beast::flat_buffer& buffer, response_parser& parser,
+                               beast::error_code& ec) {
+    ec = {};
+    parser.eager(true);  // parse every complete element the buffer holds, not one per call
+    const auto room = parser.get().body().size;
+    for (;;) {
+        if (buffer.size() > 0) {
+            const auto used = parser.put(buffer.data(), ec);
+            buffer.consume(used);
+            if (ec == http::error::need_buffer) {  // the caller's chunk is full
+                ec = {};
+                co_return;
+            }
+            if (ec == http::error::need_more) ec = {};
+            if (ec || parser.is_done() || parser.get().body().size < room) co_return;
+            if (used > 0 && buffer.size() > 0) continue;  // a chunk header went by; more may follow
+        }
+        constexpr std::size_t read_size = 16384;
+        // Unparsed bytes that never make progress (a chunk header without
+        // end): bounded like everything else a stream holds.
+        if (buffer.size() > 4 * read_size) {
+            ec = http::error::buffer_overflow;
+            co_return;
+        }
+        const auto space = buffer.prepare(read_size);
+        std::size_t n = 0;
+        if (c.tls) {
+            n = co_await c.tls->async_read_some(space, asio::redirect_error(use_awaitable, ec));
+        } else {
+            n = co_await c.tcp.socket().async_read_some(space, asio::redirect_error(use_awaitable, ec));
+        }
+        buffer.commit(n);
+        if (ec == asio::error::eof || ec == ssl::error::stream_truncated) {
+            // The upstream closed: the end of a body delimited by the close,
+            // or a message cut short (partial_message).
+            parser.put_eof(ec);
+            if (!ec) co_return;
+        }
+        if (ec) co_return;
+    }
+}
+
 std::unique_ptr<ssl::context> make_client_tls_context() {
     auto ctx = std::make_unique<ssl::context>(ssl::context::tls_client);
     ctx->set_default_verify_paths();

@@ -59,6 +59,18 @@ net::awaitable<void> read_header(upstream_conn& c, net::beast::flat_buffer& buff
                                  net::beast::error_code& ec);
 net::awaitable<std::size_t> read_some(upstream_conn& c, net::beast::flat_buffer& buffer, response_parser& parser,
                                       net::beast::error_code& ec);
+// A streamed body, read by read_body_some: the connection's own deadline is
+// off, and cancel_io (from the caller's timer) stops a read in progress.
+void no_deadline(upstream_conn& c);
+void cancel_io(upstream_conn& c);
+// Reads what comes next straight from the socket (or TLS stream) and parses
+// it into `parser`, whose buffer_body the caller points at its chunk buffer;
+// returns once body bytes arrived, the body buffer is full, or the message
+// ended. http::async_read_some would do the same through a composed
+// operation and a timer per call: on a stream of small events that machinery
+// cost more than the parse itself (bench/README.md).
+net::awaitable<void> read_body_some(upstream_conn& c, net::beast::flat_buffer& buffer, response_parser& parser,
+                                    net::beast::error_code& ec);
 
 // A TLS client context that verifies certificates against the system store.
 std::unique_ptr<net::asio::ssl::context> make_client_tls_context();

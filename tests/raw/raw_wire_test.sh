@@ -44,6 +44,9 @@ cat >"$work/tollgate.toml" <<TOML
 [server]
 drain_slots = 1
 
+[timeouts]
+write_ms = 1000
+
 [[routes]]
 prefix = "/center-deep"
 service = "search"
@@ -188,6 +191,22 @@ echo "     whole stream charged $full; left, no slot: ${charged[0]:-none}; left 
 [ "${charged[0]:-0}" -gt 0 ] && [ "${charged[0]:-0}" -lt "$full" ]
 check "the cut-off call is charged for the tokens relayed before it, no more" $?
 [ "$(grep -c '"content"' "$work/left2.sse")" -lt 80 ]; check "(the second client did leave early)" $?
+
+# --- a client that stops reading is let go after write_ms (1 s here) --------
+# It never reads: once the socket buffers are full, tollgate's write waits;
+# after write_ms it gives up on the client and drains the upstream (the slot
+# is free again), so the call is charged its full usage.
+host_port="${tg#http://}"
+exec 3<>"/dev/tcp/${host_port%:*}/${host_port#*:}"
+printf 'POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nx-mock-tokens: 100000\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' \
+  "$host_port" "$drain_key" "${#stream}" "$stream" >&3
+for _ in $(seq 1 150); do  # bounded: 15 s
+  [ "$(metric 'tollgate_drains_total{outcome="drained"}')" = 2 ] && break
+  sleep 0.1
+done
+[ "$(metric 'tollgate_drains_total{outcome="drained"}')" = 2 ]
+check "a client that stops reading is given up after write_ms, its upstream drained" $?
+exec 3>&-
 
 # --- graceful shutdown: a stream in flight finishes and is settled -----------
 curl -sN "$tg/v1/chat/completions" "${auth[@]}" -H 'x-mock-tokens: 30' -H 'x-mock-delay-ms: 40' \

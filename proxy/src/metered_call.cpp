@@ -4,6 +4,7 @@
 // upstream), forward, relay, read the usage, settle, and only then send the
 // charge headers.
 #include "calls.hpp"
+#include "lazy_deadline.hpp"
 #include "tollgate/proxy/headers.hpp"
 #include "tollgate/proxy/wire.hpp"
 
@@ -14,7 +15,6 @@
 #include <array>
 #include <chrono>
 #include <ctime>
-#include <functional>
 #include <limits>
 #include <memory>
 
@@ -274,8 +274,7 @@ awaitable<bool> read_body(upstream_conn& c, beast::flat_buffer& buffer, response
         parser.get().body().data = chunk.data();
         parser.get().body().size = chunk.size();
         expire_after(c, idle);
-        co_await read_some(c, buffer, parser, ec);
-        if (ec == http::error::need_buffer) ec = {};
+        co_await read_body_some(c, buffer, parser, ec);
         if (ec) co_return false;
         const auto got = chunk.size() - parser.get().body().size;
         if (out.size() + got > limit) {
@@ -295,74 +294,6 @@ upstream_failure failure_of(const beast::error_code& ec) {
     }
     return upstream_failure::malformed;
 }
-
-// A stream's deadlines (the upstream's idle and overall ones, the client's
-// write one), kept by one timer for the whole stream instead of Beast's timer
-// armed and cancelled around every read and write. Setting a deadline only
-// stores it; the timer wakes at least every `period` and when a deadline
-// nearer than its next wake is set, and cancels the socket whose deadline
-// has passed (the pending operation then ends with operation_aborted).
-class stream_watchdog {
-public:
-    stream_watchdog(asio::any_io_executor ex, std::chrono::milliseconds period, std::function<void()> cancel_read,
-                    std::function<void()> cancel_write)
-        : s_(std::make_shared<state>(std::move(ex), period, std::move(cancel_read), std::move(cancel_write))) {}
-    stream_watchdog(const stream_watchdog&) = delete;
-    stream_watchdog& operator=(const stream_watchdog&) = delete;
-    ~stream_watchdog() { stop(); }
-
-    void reading_until(clock::time_point t) { set(s_->read_by, t); }
-    void read_done() { s_->read_by = clock::time_point::max(); }
-    void writing_until(clock::time_point t) { set(s_->write_by, t); }
-    void write_done() { s_->write_by = clock::time_point::max(); }
-    bool read_expired() const { return s_->read_expired; }
-    // After this the sockets may go: a wake already queued does nothing.
-    void stop() {
-        if (!s_->active) return;
-        s_->active = false;
-        s_->timer.cancel();
-    }
-
-private:
-    struct state {
-        state(asio::any_io_executor ex, std::chrono::milliseconds p, std::function<void()> r, std::function<void()> w)
-            : timer(std::move(ex)), period(p), cancel_read(std::move(r)), cancel_write(std::move(w)) {}
-        asio::steady_timer timer;
-        std::chrono::milliseconds period;
-        std::function<void()> cancel_read, cancel_write;
-        clock::time_point read_by = clock::time_point::max();
-        clock::time_point write_by = clock::time_point::max();
-        clock::time_point wakes_at = clock::time_point::max();
-        bool active = true;
-        bool read_expired = false;
-    };
-
-    void set(clock::time_point& deadline, clock::time_point t) {
-        deadline = t;
-        if (t < s_->wakes_at) arm(s_, std::min(t, clock::now() + s_->period));
-    }
-
-    static void arm(const std::shared_ptr<state>& s, clock::time_point at) {
-        s->wakes_at = at;
-        s->timer.expires_at(at);
-        s->timer.async_wait([s](const beast::error_code& ec) {
-            if (!s->active || ec == asio::error::operation_aborted) return;
-            const auto now = clock::now();
-            if (s->read_by <= now) {
-                s->read_by = clock::time_point::max();
-                s->read_expired = true;
-                s->cancel_read();
-            }
-            if (s->write_by <= now) {
-                s->write_by = clock::time_point::max();
-                s->cancel_write();
-            }
-            arm(s, std::min(std::min(s->read_by, s->write_by), now + s->period));
-        });
-    }
-
-    std::shared_ptr<state> s_;
-};
 
 // The data of relayed events not parsed yet: their generated text is needed
 // only if the stream ends without usage. Kept small (8 KiB, about 30 chunks),
@@ -432,15 +363,12 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
     auto relay = [&](std::string_view relayed) {
         if (client_alive) out.append(relayed);
     };
-    const auto watch_period = std::max(std::min(a.settings.idle_timeout, a.settings.write_timeout) / 2,
-                                       std::chrono::milliseconds(1));
-    stream_watchdog watch(
-        x.client.get_executor(), watch_period, [&] { cancel_io(*conn); },
-        [&] {
-            beast::error_code ignored;
-            x.client.socket().cancel(ignored);
-        });
-    no_deadline(*conn);
+    // Writes go straight to the socket under a lazy deadline (see
+    // lazy_deadline.hpp), not through tcp_stream's timer per write.
+    lazy_deadline client_deadline(x.client.get_executor(), [&] {
+        beast::error_code ignored;
+        x.client.socket().cancel(ignored);
+    });
     // Text is counted only if the upstream reports no usage: kept as text,
     // folded into a count every 64 KiB so memory stays bounded.
     uninspected_events uninspected;
@@ -489,12 +417,12 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
         const std::size_t begin = size_line_room - size_line.size();
         out.replace(begin, size_line.size(), size_line);
         out += "\r\n";
-        watch.writing_until(clock::now() + a.settings.write_timeout);
+        client_deadline.expires_after(a.settings.write_timeout);
         // The client's errors have their own code: a client gone is a
         // drain, not an upstream failure.
         co_await asio::async_write(x.client.socket(), asio::buffer(out.data() + begin, out.size() - begin),
                                    asio::redirect_error(use_awaitable, client_ec));
-        watch.write_done();
+        client_deadline.expires_never();
         if (client_ec) client_alive = false;
     };
 
@@ -515,10 +443,9 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
         }
         parser.get().body().data = chunk.data();
         parser.get().body().size = chunk.size();
-        watch.reading_until(std::min(clock::now() + a.settings.idle_timeout, deadline));
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now());
+        expire_after(*conn, std::min(a.settings.idle_timeout, std::max(left, std::chrono::milliseconds(1))));
         co_await read_body_some(*conn, buffer, parser, ec);
-        watch.read_done();
-        if (ec && watch.read_expired()) ec = beast::error::timeout;
         const auto got = chunk.size() - parser.get().body().size;
         if (got) events.feed(std::string_view(chunk.data(), got));
         a.stats.note_stream_buffer(static_cast<std::int64_t>(events.buffered() + buffer.size()));
@@ -534,7 +461,7 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
             break;
         }
     }
-    watch.stop();
+    client_deadline.stop();
     if (drain_slot) a.stats.drain_slots_in_use--;
     a.stats.open_streams--;
 

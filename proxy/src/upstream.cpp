@@ -1,5 +1,7 @@
 #include "upstream.hpp"
 
+#include "lazy_deadline.hpp"
+
 #include <boost/asio/ssl.hpp>
 #include <boost/beast/ssl.hpp>
 
@@ -11,21 +13,39 @@ namespace tollgate::proxy {
 using namespace net;
 namespace ssl = boost::asio::ssl;
 
+// tcp's own timer bounds only the connect and the TLS handshake; every
+// exchange after that runs on the raw socket (or the TLS stream over it,
+// with tcp's timer off) under `deadline`.
 struct upstream_conn {
-    explicit upstream_conn(asio::any_io_executor ex) : tcp(ex) {}
+    explicit upstream_conn(asio::any_io_executor ex)
+        : tcp(ex), deadline(ex, [this] {
+              beast::error_code ignored;
+              tcp.socket().cancel(ignored);
+          }) {}
     beast::tcp_stream tcp;
     std::optional<ssl::stream<beast::tcp_stream&>> tls;
+    lazy_deadline deadline;
 };
 
 void upstream_conn_deleter::operator()(upstream_conn* c) const { delete c; }
 
 namespace {
 
-// Calls `f` with the connection's stream, plain or TLS.
-template <class F>
-auto with_stream(upstream_conn& c, F&& f) {
-    if (c.tls) return f(*c.tls);
-    return f(c.tcp);
+// Runs the operation `op(stream)` on the connection's raw stream, plain or
+// TLS, under its deadline: a deadline already passed, or one that passes
+// during the operation, is beast::error::timeout.
+template <class Op>
+awaitable<void> guarded(upstream_conn& c, beast::error_code& ec, Op op) {
+    if (c.deadline.expired()) {
+        ec = beast::error::timeout;
+        co_return;
+    }
+    if (c.tls) {
+        co_await op(*c.tls);
+    } else {
+        co_await op(c.tcp.socket());
+    }
+    if (ec && c.deadline.expired()) ec = beast::error::timeout;
 }
 
 // An idle keep-alive connection the upstream has closed is readable (EOF)
@@ -95,6 +115,7 @@ awaitable<upstream_conn_ptr> upstream_pool::acquire(beast::error_code& ec, upstr
             co_return nullptr;
         }
     }
+    c->tcp.expires_never();
     co_return c;
 }
 
@@ -102,11 +123,11 @@ void upstream_pool::give_back(upstream_conn_ptr c) {
     if (!c) return;
     std::lock_guard lock(mu_);
     if (idle_.size() >= settings_.pool_idle_per_upstream) return;  // closed by its destructor
-    c->tcp.expires_never();
+    c->deadline.expires_never();
     idle_.emplace_back(std::move(c), std::chrono::steady_clock::now());
 }
 
-void expire_after(upstream_conn& c, std::chrono::milliseconds timeout) { c.tcp.expires_after(timeout); }
+void expire_after(upstream_conn& c, std::chrono::milliseconds timeout) { c.deadline.expires_after(timeout); }
 
 void close_hard(upstream_conn& c) {
     beast::error_code ignored;
@@ -115,35 +136,25 @@ void close_hard(upstream_conn& c) {
 }
 
 awaitable<void> send_request(upstream_conn& c, http::request<http::string_body>& request, beast::error_code& ec) {
-    co_await with_stream(c, [&](auto& stream) -> awaitable<void> {
+    co_await guarded(c, ec, [&](auto& stream) -> awaitable<void> {
         co_await http::async_write(stream, request, asio::redirect_error(use_awaitable, ec));
     });
 }
 
 awaitable<void> read_header(upstream_conn& c, beast::flat_buffer& buffer, response_parser& parser,
                             beast::error_code& ec) {
-    co_await with_stream(c, [&](auto& stream) -> awaitable<void> {
+    co_await guarded(c, ec, [&](auto& stream) -> awaitable<void> {
         co_await http::async_read_header(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
     });
-}
-
-awaitable<std::size_t> read_some(upstream_conn& c, beast::flat_buffer& buffer, response_parser& parser,
-                                 beast::error_code& ec) {
-    co_return co_await with_stream(c, [&](auto& stream) -> awaitable<std::size_t> {
-        co_return co_await http::async_read_some(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
-    });
-}
-
-void no_deadline(upstream_conn& c) { c.tcp.expires_never(); }
-
-void cancel_io(upstream_conn& c) {
-    beast::error_code ignored;
-    c.tcp.socket().cancel(ignored);
 }
 
 awaitable<void> read_body_some(upstream_conn& c, beast::flat_buffer& buffer, response_parser& parser,
                                beast::error_code& ec) {
     ec = {};
+    if (c.deadline.expired()) {
+        ec = beast::error::timeout;
+        co_return;
+    }
     parser.eager(true);  // parse every complete element the buffer holds, not one per call
     const auto room = parser.get().body().size;
     for (;;) {
@@ -173,6 +184,10 @@ awaitable<void> read_body_some(upstream_conn& c, beast::flat_buffer& buffer, res
             n = co_await c.tcp.socket().async_read_some(space, asio::redirect_error(use_awaitable, ec));
         }
         buffer.commit(n);
+        if (ec && c.deadline.expired()) {
+            ec = beast::error::timeout;
+            co_return;
+        }
         if (ec == asio::error::eof || ec == ssl::error::stream_truncated) {
             // The upstream closed: the end of a body delimited by the close,
             // or a message cut short (partial_message).
@@ -226,7 +241,7 @@ awaitable<std::optional<fetched>> fetch(upstream_pool& pool, const std::string& 
 namespace tollgate::proxy {
 awaitable<void> read_whole(upstream_conn& c, beast::flat_buffer& buffer, http::response_parser<http::string_body>& parser,
                            beast::error_code& ec) {
-    co_await with_stream(c, [&](auto& stream) -> awaitable<void> {
+    co_await guarded(c, ec, [&](auto& stream) -> awaitable<void> {
         co_await http::async_read(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
     });
 }

@@ -50,24 +50,19 @@ private:
     std::vector<std::pair<upstream_conn_ptr, std::chrono::steady_clock::time_point>> idle_;
 };
 
-// One exchange on a lent connection.
+// One exchange on a lent connection. expire_after sets the deadline of the
+// operations that follow (lazy_deadline.hpp: setting it costs no timer
+// operation, so set it before every read).
 void expire_after(upstream_conn& c, std::chrono::milliseconds timeout);
 void close_hard(upstream_conn& c);
 net::awaitable<void> send_request(upstream_conn& c, net::http::request<net::http::string_body>& request,
                                   net::beast::error_code& ec);
 net::awaitable<void> read_header(upstream_conn& c, net::beast::flat_buffer& buffer, response_parser& parser,
                                  net::beast::error_code& ec);
-net::awaitable<std::size_t> read_some(upstream_conn& c, net::beast::flat_buffer& buffer, response_parser& parser,
-                                      net::beast::error_code& ec);
-// A streamed body, read by read_body_some: the connection's own deadline is
-// off, and cancel_io (from the caller's timer) stops a read in progress.
-void no_deadline(upstream_conn& c);
-void cancel_io(upstream_conn& c);
-// Reads what comes next straight from the socket (or TLS stream) and parses
-// it into `parser`, whose buffer_body the caller points at its chunk buffer;
-// returns once body bytes arrived, the body buffer is full, or the message
-// ended. http::async_read_some would do the same through a composed
-// operation and a timer per call: on a stream of small events that machinery
+// Reads what comes next and parses it into `parser`, whose buffer_body the
+// caller points at its chunk buffer; returns once body bytes arrived, the
+// body buffer is full, or the message ended. http::async_read_some would do
+// the same through a composed operation: on a stream of small events that
 // cost more than the parse itself (bench/README.md).
 net::awaitable<void> read_body_some(upstream_conn& c, net::beast::flat_buffer& buffer, response_parser& parser,
                                     net::beast::error_code& ec);

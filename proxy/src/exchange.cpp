@@ -66,8 +66,9 @@ awaitable<void> reply(exchange& x, unsigned status, std::string body, std::strin
     res.prepare_payload();
     x.status = status;
     beast::error_code ec;
-    x.client.expires_after(x.a.settings.write_timeout);
-    co_await http::async_write(x.client, res, asio::redirect_error(use_awaitable, ec));
+    co_await client_write(x, ec, [&](auto& socket) -> awaitable<void> {
+        co_await http::async_write(socket, res, asio::redirect_error(use_awaitable, ec));
+    });
     if (ec) x.keep_alive = false;
 }
 

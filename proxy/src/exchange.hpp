@@ -2,6 +2,7 @@
 #pragma once
 
 #include "app.hpp"
+#include "lazy_deadline.hpp"
 #include "tollgate/proxy/asio.hpp"
 
 #include <string>
@@ -14,10 +15,22 @@ namespace tollgate::proxy {
 using request = net::http::request<net::http::string_body>;
 using header_list = std::vector<std::pair<std::string, std::string>>;
 
+// A client's connection: its socket, and the deadline its reads and writes
+// run under (lazy_deadline.hpp; setting it costs no timer operation).
+struct client_conn {
+    explicit client_conn(net::tcp::socket s)
+        : socket(std::move(s)), deadline(socket.get_executor(), [this] {
+              net::beast::error_code ignored;
+              socket.cancel(ignored);
+          }) {}
+    net::tcp::socket socket;
+    lazy_deadline deadline;
+};
+
 struct exchange {
     app& a;
     worker& w;  // the I/O thread this connection lives on
-    net::beast::tcp_stream& client;
+    client_conn& client;
     request& req;
     std::string request_id;
     bool keep_alive = true;
@@ -40,6 +53,16 @@ void common_headers(exchange& x, Message& m) {
     m.set(net::http::field::server, "tollgate");
     m.set("x-content-type-options", "nosniff");
     m.keep_alive(x.keep_alive);
+}
+
+// Runs `op(socket)`, an awaitable write to the client, under write_ms: a
+// client that does not take the bytes in time is beast::error::timeout.
+template <class Op>
+net::awaitable<void> client_write(exchange& x, net::beast::error_code& ec, Op op) {
+    x.client.deadline.expires_after(x.a.settings.write_timeout);
+    co_await op(x.client.socket);
+    x.client.deadline.expires_never();
+    if (ec && x.client.deadline.expired()) ec = net::beast::error::timeout;
 }
 
 net::awaitable<void> reply(exchange& x, unsigned status, std::string body, std::string_view content_type,

@@ -335,8 +335,9 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
     x.status = head.result_int();
     http::response_serializer<http::empty_body> sr{head};
     beast::error_code ec;
-    x.client.expires_after(a.settings.write_timeout);
-    co_await http::async_write_header(x.client, sr, asio::redirect_error(use_awaitable, ec));
+    co_await client_write(x, ec, [&](auto& socket) -> awaitable<void> {
+        co_await http::async_write_header(socket, sr, asio::redirect_error(use_awaitable, ec));
+    });
     bool client_alive = !ec;
 
     a.stats.open_streams++;
@@ -363,12 +364,7 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
     auto relay = [&](std::string_view relayed) {
         if (client_alive) out.append(relayed);
     };
-    // Writes go straight to the socket under a lazy deadline (see
-    // lazy_deadline.hpp), not through tcp_stream's timer per write.
-    lazy_deadline client_deadline(x.client.get_executor(), [&] {
-        beast::error_code ignored;
-        x.client.socket().cancel(ignored);
-    });
+
     // Text is counted only if the upstream reports no usage: kept as text,
     // folded into a count every 64 KiB so memory stays bounded.
     uninspected_events uninspected;
@@ -417,12 +413,12 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
         const std::size_t begin = size_line_room - size_line.size();
         out.replace(begin, size_line.size(), size_line);
         out += "\r\n";
-        client_deadline.expires_after(a.settings.write_timeout);
         // The client's errors have their own code: a client gone is a
         // drain, not an upstream failure.
-        co_await asio::async_write(x.client.socket(), asio::buffer(out.data() + begin, out.size() - begin),
-                                   asio::redirect_error(use_awaitable, client_ec));
-        client_deadline.expires_never();
+        co_await client_write(x, client_ec, [&](auto& socket) -> awaitable<void> {
+            co_await asio::async_write(socket, asio::buffer(out.data() + begin, out.size() - begin),
+                                       asio::redirect_error(use_awaitable, client_ec));
+        });
         if (client_ec) client_alive = false;
     };
 
@@ -461,16 +457,16 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
             break;
         }
     }
-    client_deadline.stop();
     if (drain_slot) a.stats.drain_slots_in_use--;
     a.stats.open_streams--;
 
     // An event cut off by the end of the stream still reaches the client.
     if (!upstream_broken && client_alive && !events.pending().empty()) {
         const auto rest = events.pending();
-        x.client.expires_after(a.settings.write_timeout);
-        co_await asio::async_write(x.client, http::make_chunk(asio::buffer(rest.data(), rest.size())),
-                                   asio::redirect_error(use_awaitable, ec));
+        co_await client_write(x, ec, [&](auto& socket) -> awaitable<void> {
+            co_await asio::async_write(socket, http::make_chunk(asio::buffer(rest.data(), rest.size())),
+                                       asio::redirect_error(use_awaitable, ec));
+        });
         if (ec) client_alive = false;
     }
     if (upstream_broken) {
@@ -500,8 +496,9 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
     // The stream ends only once its charge is committed. A broken upstream
     // leaves the client's stream unterminated, so the client sees the break.
     if (client_alive && !upstream_broken) {
-        x.client.expires_after(a.settings.write_timeout);
-        co_await asio::async_write(x.client, http::make_chunk_last(), asio::redirect_error(use_awaitable, ec));
+        co_await client_write(x, ec, [&](auto& socket) -> awaitable<void> {
+            co_await asio::async_write(socket, http::make_chunk_last(), asio::redirect_error(use_awaitable, ec));
+        });
         if (ec) client_alive = false;
     }
     if (!client_alive || upstream_broken) {
@@ -682,8 +679,9 @@ awaitable<void> metered_call(exchange& x, service kind) {
         res.body() = std::move(answer);
         res.prepare_payload();
         x.status = status;
-        x.client.expires_after(a.settings.write_timeout);
-        co_await http::async_write(x.client, res, asio::redirect_error(use_awaitable, ec));
+        co_await client_write(x, ec, [&](auto& socket) -> awaitable<void> {
+            co_await http::async_write(socket, res, asio::redirect_error(use_awaitable, ec));
+        });
         if (ec) x.keep_alive = false;
         co_return;
     }
@@ -740,8 +738,9 @@ awaitable<void> metered_call(exchange& x, service kind) {
     res.body() = std::move(answer);
     res.prepare_payload();
     x.status = status;
-    x.client.expires_after(a.settings.write_timeout);
-    co_await http::async_write(x.client, res, asio::redirect_error(use_awaitable, ec));
+    co_await client_write(x, ec, [&](auto& socket) -> awaitable<void> {
+        co_await http::async_write(socket, res, asio::redirect_error(use_awaitable, ec));
+    });
     if (ec) x.keep_alive = false;
 }
 

@@ -102,7 +102,7 @@ awaitable<void> dispatch(exchange& x) {
 }
 
 awaitable<void> session(app& a, worker& w, tcp::socket socket) {
-    beast::tcp_stream client(std::move(socket));
+    client_conn client(std::move(socket));
     // This connection's thread: one io_context per thread, so work posted
     // here never runs beside the session's own code.
     const auto executor = co_await asio::this_coro::executor;
@@ -114,8 +114,8 @@ awaitable<void> session(app& a, worker& w, tcp::socket socket) {
             asio::post(executor, [&client, &current] {
                 beast::error_code ignored;
                 if (current && current->upstream) close_hard(*current->upstream);
-                client.socket().shutdown(tcp::socket::shutdown_both, ignored);
-                client.socket().close(ignored);
+                client.socket.shutdown(tcp::socket::shutdown_both, ignored);
+                client.socket.close(ignored);
             });
         });
     }
@@ -128,10 +128,11 @@ awaitable<void> session(app& a, worker& w, tcp::socket socket) {
         http::request_parser<http::string_body> parser;
         parser.header_limit(static_cast<std::uint32_t>(a.settings.max_header_bytes));
         parser.body_limit(a.settings.max_body_bytes);
-        client.expires_after(first ? a.settings.header_timeout : a.settings.keepalive_timeout);
+        client.deadline.expires_after(first ? a.settings.header_timeout : a.settings.keepalive_timeout);
         first = false;
         beast::error_code ec;
-        co_await http::async_read(client, buffer, parser, asio::redirect_error(use_awaitable, ec));
+        co_await http::async_read(client.socket, buffer, parser, asio::redirect_error(use_awaitable, ec));
+        client.deadline.expires_never();
         if (ec == http::error::body_limit || ec == http::error::header_limit || ec == http::error::buffer_overflow) {
             request req;
             exchange x{.a = a, .w = w, .client = client, .req = req, .request_id = new_request_id(), .keep_alive = false};
@@ -170,7 +171,8 @@ awaitable<void> session(app& a, worker& w, tcp::socket socket) {
         a.cancellers.erase(id);
     }
     beast::error_code ignored;
-    client.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    client.deadline.stop();
+    client.socket.shutdown(tcp::socket::shutdown_send, ignored);
     a.stats.open_connections--;
 }
 

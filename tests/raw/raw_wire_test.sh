@@ -46,6 +46,7 @@ drain_slots = 1
 
 [timeouts]
 write_ms = 1000
+header_ms = 1000
 
 [[routes]]
 prefix = "/center-deep"
@@ -207,6 +208,12 @@ done
 [ "$(metric 'tollgate_drains_total{outcome="drained"}')" = 2 ]
 check "a client that stops reading is given up after write_ms, its upstream drained" $?
 exec 3>&-
+
+# --- a connection that sends nothing is closed after header_ms (1 s here) ---
+exec 4<>"/dev/tcp/${host_port%:*}/${host_port#*:}"
+timeout 10 cat <&4 >/dev/null
+check "a connection that sends no request is closed after header_ms" $?
+exec 4>&-
 
 # --- graceful shutdown: a stream in flight finishes and is settled -----------
 curl -sN "$tg/v1/chat/completions" "${auth[@]}" -H 'x-mock-tokens: 30' -H 'x-mock-delay-ms: 40' \

@@ -177,6 +177,17 @@ TEST_CASE("migrate is idempotent and check-ledger reads a fresh database", "[led
     CHECK(second.error == ledger::open_error::none);
     CHECK(second.from_version == second.to_version);
     CHECK(count_rows(path, "tiers") == 4);
+    {
+        // A new database gets 2 KiB pages (less WAL written per commit).
+        sqlite3* db = nullptr;
+        REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+        sqlite3_stmt* s = nullptr;
+        REQUIRE(sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &s, nullptr) == SQLITE_OK);
+        REQUIRE(sqlite3_step(s) == SQLITE_ROW);
+        CHECK(sqlite3_column_int(s, 0) == 2048);
+        sqlite3_finalize(s);
+        sqlite3_close(db);
+    }
     const auto report = ledger::check_database(path);
     CHECK(report.ok);
     CHECK(report.users_checked == 0);

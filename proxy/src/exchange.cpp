@@ -64,7 +64,11 @@ awaitable<void> reply(exchange& x, unsigned status, std::string body, std::strin
     for (const auto& [name, value] : extra) res.set(name, value);
     res.body() = std::move(body);
     res.prepare_payload();
-    x.status = status;
+    co_await send_answer(x, res);
+}
+
+awaitable<void> send_answer(exchange& x, http::response<http::string_body>& res) {
+    x.status = res.result_int();
     beast::error_code ec;
     co_await client_write(x, ec, [&](auto& socket) -> awaitable<void> {
         co_await http::async_write(socket, res, asio::redirect_error(use_awaitable, ec));

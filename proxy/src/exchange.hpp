@@ -65,6 +65,10 @@ net::awaitable<void> client_write(exchange& x, net::beast::error_code& ec, Op op
     if (ec && x.client.deadline.expired()) ec = net::beast::error::timeout;
 }
 
+// Sends a whole answer under write_ms and records its status; a failed
+// write ends the connection after this exchange.
+net::awaitable<void> send_answer(exchange& x, net::http::response<net::http::string_body>& res);
+
 net::awaitable<void> reply(exchange& x, unsigned status, std::string body, std::string_view content_type,
                            const header_list& extra = {});
 net::awaitable<void> reply_error(exchange& x, unsigned status, std::string_view code, std::string_view message,

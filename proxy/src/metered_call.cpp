@@ -4,7 +4,6 @@
 // upstream), forward, relay, read the usage, settle, and only then send the
 // charge headers.
 #include "calls.hpp"
-#include "lazy_deadline.hpp"
 #include "tollgate/proxy/headers.hpp"
 #include "tollgate/proxy/wire.hpp"
 
@@ -678,11 +677,7 @@ awaitable<void> metered_call(exchange& x, service kind) {
         common_headers(x, res);
         res.body() = std::move(answer);
         res.prepare_payload();
-        x.status = status;
-        co_await client_write(x, ec, [&](auto& socket) -> awaitable<void> {
-            co_await http::async_write(socket, res, asio::redirect_error(use_awaitable, ec));
-        });
-        if (ec) x.keep_alive = false;
+        co_await send_answer(x, res);
         co_return;
     }
 
@@ -737,11 +732,7 @@ awaitable<void> metered_call(exchange& x, service kind) {
     res.set("x-tollgate-balance-micros", std::to_string(settled->balance_micros));
     res.body() = std::move(answer);
     res.prepare_payload();
-    x.status = status;
-    co_await client_write(x, ec, [&](auto& socket) -> awaitable<void> {
-        co_await http::async_write(socket, res, asio::redirect_error(use_awaitable, ec));
-    });
-    if (ec) x.keep_alive = false;
+    co_await send_answer(x, res);
 }
 
 }  // namespace tollgate::proxy

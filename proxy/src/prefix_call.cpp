@@ -98,11 +98,7 @@ awaitable<void> prefix_call(exchange& x, std::size_t index) {
     }
     res.body() = std::move(parser.get().body());
     res.prepare_payload();
-    x.status = status;
-    co_await client_write(x, ec, [&](auto& socket) -> awaitable<void> {
-        co_await http::async_write(socket, res, asio::redirect_error(use_awaitable, ec));
-    });
-    if (ec) x.keep_alive = false;
+    co_await send_answer(x, res);
 }
 
 }  // namespace tollgate::proxy

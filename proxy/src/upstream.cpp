@@ -178,16 +178,10 @@ awaitable<void> read_body_some(upstream_conn& c, beast::flat_buffer& buffer, res
         }
         const auto space = buffer.prepare(read_size);
         std::size_t n = 0;
-        if (c.tls) {
-            n = co_await c.tls->async_read_some(space, asio::redirect_error(use_awaitable, ec));
-        } else {
-            n = co_await c.tcp.socket().async_read_some(space, asio::redirect_error(use_awaitable, ec));
-        }
+        co_await guarded(c, ec, [&](auto& stream) -> awaitable<void> {
+            n = co_await stream.async_read_some(space, asio::redirect_error(use_awaitable, ec));
+        });
         buffer.commit(n);
-        if (ec && c.deadline.expired()) {
-            ec = beast::error::timeout;
-            co_return;
-        }
         if (ec == asio::error::eof || ec == ssl::error::stream_truncated) {
             // The upstream closed: the end of a body delimited by the close,
             // or a message cut short (partial_message).

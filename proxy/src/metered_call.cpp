@@ -382,8 +382,10 @@ awaitable<void> relay_stream(call_state& s, upstream_conn_ptr& conn, beast::flat
                     // Most events: only their text matters, and only if no
                     // usage comes. Parsed later, if at all.
                     uninspected.defer(ev->data);
-                    if (uninspected.full()) uninspected.inspect(pending_text);
-                    fold_pending_text(false);
+                    if (uninspected.full()) {
+                        uninspected.inspect(pending_text);
+                        fold_pending_text(false);
+                    }
                     relay(ev->raw);
                     continue;
                 }

@@ -192,7 +192,7 @@ struct ledger::impl {
     std::unordered_set<std::string> key_hashes;
     std::unordered_map<std::string, tier> tiers_by_id;
     std::int64_t next_user_id = 1, next_grant_id = 1, next_txn_id = 1, next_hold_id = 1, next_event_id = 1,
-                 next_key_id = 1;
+                 next_key_id = 1, next_service_token_id = 1;
     write_batch pending;
     commit_seq pending_seq = 1;
     bool stopping = false;

@@ -345,6 +345,44 @@ simple_outcome ledger::set_user_status(std::int64_t user_id, const std::string& 
     return {result::ok, m.stage()};
 }
 
+simple_outcome ledger::set_tier(std::int64_t user_id, const std::string& tier_id) {
+    auto& m = *impl_;
+    std::unique_lock lock(m.mu, std::defer_lock);
+    if (!m.lock_for_change(lock)) return {result::storage_failed};
+    if (!m.tiers_by_id.count(tier_id)) return {result::unknown_tier};
+    const auto it = m.users.find(user_id);
+    if (it == m.users.end() || !it->second.sub) return {result::unknown_user};
+    it->second.sub->tier = tier_id;
+    it->second.sub->pending_tier.reset();
+    m.pending.statements.push_back([user_id, tier_id](sql::database& db) {
+        auto s = db.prepare("UPDATE subscriptions SET tier = ?2, pending_tier = NULL WHERE user_id = ?1");
+        s->bind(1, user_id).bind(2, tier_id);
+        s->run();
+    });
+    return {result::ok, m.stage()};
+}
+
+user_page ledger::list_users(std::optional<std::int64_t> after_id, int limit) {
+    limit = std::clamp(limit, 1, 200);
+    user_page page;
+    std::lock_guard lock(impl_->mu);
+    // The book holds every user; ids only grow, so a page below a cursor
+    // never changes when users are added meanwhile.
+    std::vector<const user_book*> below;
+    const std::int64_t bound = after_id.value_or(std::numeric_limits<std::int64_t>::max());
+    for (const auto& [id, u] : impl_->users) {
+        if (id < bound) below.push_back(&u);
+    }
+    const auto take = std::min<std::size_t>(below.size(), static_cast<std::size_t>(limit));
+    std::partial_sort(below.begin(), below.begin() + static_cast<std::ptrdiff_t>(take), below.end(),
+                      [](const user_book* a, const user_book* b) { return a->id > b->id; });
+    for (std::size_t i = 0; i < take; ++i) {
+        page.rows.push_back({below[i]->record, below[i]->sub ? below[i]->sub->tier : std::string()});
+    }
+    if (below.size() > take) page.next_cursor = page.rows.back().user.id;
+    return page;
+}
+
 std::vector<tier> ledger::tiers() {
     std::lock_guard lock(impl_->mu);
     std::vector<tier> out;
@@ -511,6 +549,32 @@ std::optional<grant_outcome> replay_of(sql::database& db, const std::string& key
 
 }  // namespace
 
+ledger::claim ledger::claim_idempotency_key(const std::string& scope, const std::string& key,
+                                           const std::string& fingerprint) {
+    if (scope.empty() || scope == "ledger" || key.empty() || !valid_text(scope) || !valid_text(key) ||
+        !valid_text(fingerprint)) {
+        return claim::conflict;
+    }
+    auto& m = *impl_;
+    std::unique_lock external(m.external_mu);
+    try {
+        auto db = m.reader();
+        auto s = db->prepare("SELECT fingerprint FROM idempotency_keys WHERE scope = ?1 AND key = ?2");
+        s->bind(1, scope).bind(2, key);
+        if (s->step()) return s->text(0) == fingerprint ? claim::same : claim::conflict;
+    } catch (const sql::error&) {
+        return claim::storage_failed;
+    }
+    commit_seq seq = 0;
+    {
+        std::unique_lock lock(m.mu, std::defer_lock);
+        if (!m.lock_for_change(lock)) return claim::storage_failed;
+        m.pending.idempotency.push_back(idempotency_row{scope, key, fingerprint, "", m.now()});
+        seq = m.stage();
+    }
+    return wait_durable(seq) ? claim::fresh : claim::storage_failed;
+}
+
 grant_outcome ledger::grant(const grant_request& r) {
     if (!valid_amount(r.amount_micros)) return {result::invalid_amount};
     if (static_cast<int>(r.kind) >= grant_kind_count) return {result::invalid_argument};
@@ -647,13 +711,23 @@ simple_outcome ledger::release(std::int64_t hold_id) {
 }
 
 charge_outcome ledger::deduct(const deduct_request& r) {
-    if (!valid_amount(r.amount_micros)) return {result::invalid_amount};
+    // A tracked event may cost nothing (a free service); a plain deduct may not.
+    const bool free_event = r.usage && r.amount_micros == 0;
+    if (!free_event && !valid_amount(r.amount_micros)) return {result::invalid_amount};
     if (r.event_id.empty() || !valid_text(r.event_id) || !valid_text(r.reason) || !valid_text(r.service) ||
         r.service.empty()) {
         return {result::invalid_argument};
     }
     auto& m = *impl_;
-    const std::string fingerprint = fmt::format("deduct|{}|{}|{}|{}", r.user_id, r.amount_micros, r.service, r.reason);
+    if (r.usage && (!valid_usage(*r.usage) || r.usage->service.empty())) return {result::invalid_argument};
+    // What a replay must match: every field the request gave.
+    std::string fingerprint = fmt::format("deduct|{}|{}|{}|{}", r.user_id, r.amount_micros, r.service, r.reason);
+    if (r.usage) {
+        const auto& e = *r.usage;
+        fingerprint = fmt::format("track|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}", r.user_id, r.amount_micros, e.service,
+                                  e.model, e.prompt_tokens, e.completion_tokens, e.units, e.provider_cost_micros,
+                                  e.markup_micros, r.occurred_at_ms.value_or(-1), r.reason);
+    }
 
     // event_id is unique forever: look in committed history, under
     // external_mu so no second call with this id can be deciding meanwhile.
@@ -690,22 +764,27 @@ charge_outcome ledger::deduct(const deduct_request& r) {
         if (!found) return {result::unknown_user};
         auto& u = *found;
         const std::int64_t available = u.available_micros();
-        if (available < r.amount_micros) {
+        if (available < r.amount_micros && !r.allow_debt) {
             out.code = result::insufficient_credits;
             out.available_micros = available;
             return out;
         }
+        if (r.allow_debt && u.debt_micros + r.amount_micros > max_balance_micros) return {result::amount_overflow};
         usage_row row;
         row.id = m.next_event_id++;
         row.event_id = r.event_id;
         row.user_id = u.id;
+        if (r.usage) {
+            row.usage = *r.usage;
+        } else {
+            row.usage.service = r.service;
+            row.usage.provider_cost_micros = r.amount_micros;
+            row.usage.price_source = "fixed";
+        }
         row.usage.request_id = r.event_id;
-        row.usage.service = r.service;
-        row.usage.provider_cost_micros = r.amount_micros;
-        row.usage.price_source = "fixed";
         row.charged_micros = r.amount_micros;
         row.fingerprint = fingerprint;
-        row.created_at_ms = at;
+        row.created_at_ms = r.occurred_at_ms.value_or(at);
         out.usage_event_id = row.id;
         out.charged_micros = r.amount_micros;
         out.first_transaction_id = m.draw(u, r.amount_micros, "deduct", r.actor, r.reason, row.id, at);
@@ -867,6 +946,27 @@ std::optional<balance> ledger::get_balance(std::int64_t user_id) {
     return b;
 }
 
+namespace {
+// A credit_transactions row joined with its grant's kind, in the column
+// order of the transaction reads below.
+transaction read_transaction(sql::statement& s) {
+    transaction t;
+    t.id = s.int64(0);
+    t.user_id = s.int64(1);
+    t.type = s.text(2);
+    if (!s.is_null(3)) t.kind = parse_grant_kind(s.text(3));
+    t.amount_micros = s.int64(4);
+    t.debt_delta_micros = s.int64(5);
+    t.balance_after_micros = s.int64(6);
+    t.grant_id = s.optional_int64(7);
+    t.actor = s.text(8);
+    t.reason = s.text(9);
+    t.usage_event_id = s.optional_int64(10);
+    t.created_at_ms = s.int64(11);
+    return t;
+}
+}  // namespace
+
 transaction_page ledger::transactions(const transaction_query& q) {
     transaction_page page;
     const int limit = std::clamp(q.limit, 1, 200);
@@ -901,26 +1001,28 @@ transaction_page ledger::transactions(const transaction_query& q) {
                 page.next_cursor = page.rows.back().id;
                 break;
             }
-            transaction t;
-            t.id = s->int64(0);
-            t.user_id = s->int64(1);
-            t.type = s->text(2);
-            if (!s->is_null(3)) t.kind = parse_grant_kind(s->text(3));
-            t.amount_micros = s->int64(4);
-            t.debt_delta_micros = s->int64(5);
-            t.balance_after_micros = s->int64(6);
-            t.grant_id = s->optional_int64(7);
-            t.actor = s->text(8);
-            t.reason = s->text(9);
-            t.usage_event_id = s->optional_int64(10);
-            t.created_at_ms = s->int64(11);
-            page.rows.push_back(std::move(t));
+            page.rows.push_back(read_transaction(*s));
         }
     } catch (const sql::error&) {
         page = transaction_page{};
         page.code = result::storage_failed;
     }
     return page;
+}
+
+std::optional<transaction> ledger::find_transaction(std::int64_t user_id, std::int64_t transaction_id) {
+    try {
+        auto db = impl_->reader();
+        auto s = db->prepare(
+            "SELECT t.id, t.user_id, t.type, g.kind, t.amount_micros, t.debt_delta_micros, t.balance_after_micros, "
+            "t.grant_id, t.actor, t.reason, t.usage_event_id, t.created_at_ms FROM credit_transactions t "
+            "LEFT JOIN credit_grants g ON g.id = t.grant_id WHERE t.id = ?1 AND t.user_id = ?2");
+        s->bind(1, transaction_id).bind(2, user_id);
+        if (!s->step()) return std::nullopt;
+        return read_transaction(*s);
+    } catch (const sql::error&) {
+        return std::nullopt;
+    }
 }
 
 std::int64_t ledger::open_hold_count() {
@@ -950,6 +1052,33 @@ usage_summary ledger::summarize_usage(std::int64_t user_id, const std::string& f
         }
     } catch (const sql::error&) {
         out = usage_summary{};
+        out.code = result::storage_failed;
+    }
+    return out;
+}
+
+usage_breakdown ledger::break_down_usage(std::int64_t user_id, const std::string& from_day, const std::string& to_day,
+                                         usage_grouping by) {
+    usage_breakdown out;
+    // One fixed statement per grouping: the group key is a column or a
+    // prefix of the day, never text pasted into SQL at run time.
+#define TOLLGATE_BREAKDOWN(key)                                                                               \
+    "SELECT " key ", SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(provider_cost_micros), " \
+    "SUM(markup_micros), SUM(charged_micros), SUM(refunded_micros) FROM usage_daily "                       \
+    "WHERE user_id = ?1 AND day >= ?2 AND day <= ?3 GROUP BY " key " ORDER BY " key
+    static constexpr const char* statements[] = {TOLLGATE_BREAKDOWN("model"), TOLLGATE_BREAKDOWN("day"),
+                                                 TOLLGATE_BREAKDOWN("substr(day, 1, 7)")};
+#undef TOLLGATE_BREAKDOWN
+    try {
+        auto db = impl_->reader();
+        auto s = db->prepare(statements[static_cast<int>(by)]);
+        s->bind(1, user_id).bind(2, from_day).bind(3, to_day);
+        while (s->step()) {
+            out.rows.emplace_back(s->text(0), usage_totals{s->int64(1), s->int64(2), s->int64(3), s->int64(4),
+                                                           s->int64(5), s->int64(6), s->int64(7)});
+        }
+    } catch (const sql::error&) {
+        out = usage_breakdown{};
         out.code = result::storage_failed;
     }
     return out;

@@ -192,12 +192,18 @@ void ledger::impl::load() {
             key_hashes.insert(s->blob(1));
         }
     }
+    {
+        // One set for both: a secret's hash names one credential.
+        auto s = db.prepare("SELECT token_hash FROM service_tokens");
+        while (s->step()) key_hashes.insert(s->blob(0));
+    }
     next_user_id = db.scalar("SELECT IFNULL(MAX(id), 0) + 1 FROM users");
     next_grant_id = db.scalar("SELECT IFNULL(MAX(id), 0) + 1 FROM credit_grants");
     next_txn_id = db.scalar("SELECT IFNULL(MAX(id), 0) + 1 FROM credit_transactions");
     next_hold_id = db.scalar("SELECT IFNULL(MAX(id), 0) + 1 FROM reservations");
     next_event_id = db.scalar("SELECT IFNULL(MAX(id), 0) + 1 FROM usage_events");
     next_key_id = db.scalar("SELECT IFNULL(MAX(id), 0) + 1 FROM api_keys");
+    next_service_token_id = db.scalar("SELECT IFNULL(MAX(id), 0) + 1 FROM service_tokens");
 }
 
 void ledger::impl::release_orphaned_holds() {

@@ -1,7 +1,7 @@
 // The bundled snapshots (pricing/data/), embedded into the binary.
 // TOLLGATE_BUNDLED_OPENROUTER and TOLLGATE_BUNDLED_LITELLM are the files'
 // paths as string literals, set by pricing/CMakeLists.txt.
-#include "incbin.hpp"
+#include "tollgate/pricing/incbin.hpp"
 #include "tollgate/pricing/catalog.hpp"
 
 TOLLGATE_INCBIN(tollgate_bundled_openrouter, TOLLGATE_BUNDLED_OPENROUTER);

@@ -4,7 +4,7 @@
 // pricing/CMakeLists.txt, which passes their folder as TOLLGATE_RANK_DATA_DIR.
 #include "rank_data.hpp"
 
-#include "incbin.hpp"
+#include "tollgate/pricing/incbin.hpp"
 
 #ifndef TOLLGATE_RANK_DATA_DIR
 #error "TOLLGATE_RANK_DATA_DIR must name the folder of the .tiktoken files"

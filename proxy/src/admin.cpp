@@ -1,6 +1,10 @@
-// The admin API's spine (SPEC 6): who is calling (admin token or a user's
-// own key), and the first endpoints: users, credits/allocate,
-// credits/balance, credits/transactions. The rest of SPEC 6 plugs in here.
+// The admin API's front door (SPEC 6): who is calling, whether that role
+// may call this endpoint (the route table below is the one place that says
+// so), Idempotency-Keys, brute-force throttling and the audit log. The
+// handlers live in admin_accounts.cpp, admin_credits.cpp and
+// admin_metering.cpp.
+#include "admin.hpp"
+
 #include "calls.hpp"
 
 #define SIMDJSON_EXCEPTIONS 0
@@ -10,30 +14,132 @@
 
 #include <array>
 #include <charconv>
-#include <map>
-#include <span>
 #include <ctime>
 
 namespace tollgate::proxy {
 
 using namespace net;
 
-namespace {
+namespace admin {
 
-struct principal {
-    enum class role : std::uint8_t { none, admin, user } who = role::none;
-    std::int64_t user_id = 0;  // role::user
-};
+std::string principal::name() const {
+    switch (who) {
+        case role::admin: return "admin";
+        case role::user: return fmt::format("user:{}", user_id);
+        case role::service: return fmt::format("service:{}", key_id);
+        case role::none: break;
+    }
+    return "anonymous";
+}
 
-principal authenticate(exchange& x) {
-    const auto bearer = bearer_of(x.req);
-    if (bearer.empty()) return {};
-    if (equal_secret(x.a.keys_secret.hash(bearer), x.a.admin_token_hash)) return {principal::role::admin, 0};
-    if (const auto who = x.a.keys.find(bearer)) return {principal::role::user, who->user_id};
+// --- input -------------------------------------------------------------------
+
+std::string query_param(std::string_view target, std::string_view name) {
+    const auto q = target.find('?');
+    if (q == std::string_view::npos) return {};
+    auto rest = target.substr(q + 1);
+    while (!rest.empty()) {
+        const auto amp = rest.find('&');
+        const auto pair = rest.substr(0, amp);
+        const auto eq = pair.find('=');
+        if (pair.substr(0, eq) == name) {
+            // Percent-decoding: `+02:00` arrives as `%2B02%3A00`.
+            const auto raw = eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
+            std::string out;
+            for (std::size_t i = 0; i < raw.size(); ++i) {
+                unsigned v = 0;
+                if (raw[i] == '%' && i + 2 < raw.size() &&
+                    std::from_chars(raw.data() + i + 1, raw.data() + i + 3, v, 16).ptr == raw.data() + i + 3) {
+                    out += static_cast<char>(v);
+                    i += 2;
+                } else {
+                    out += raw[i] == '+' ? ' ' : raw[i];
+                }
+            }
+            return out;
+        }
+        if (amp == std::string_view::npos) break;
+        rest.remove_prefix(amp + 1);
+    }
     return {};
 }
 
-std::string rfc3339(ledger::time_ms ms) {
+namespace {
+
+std::optional<std::int64_t> parse_int(std::string_view text) {
+    std::int64_t v = 0;
+    const auto* end = text.data() + text.size();
+    auto [p, ec] = std::from_chars(text.data(), end, v);
+    if (text.empty() || ec != std::errc() || p != end) return std::nullopt;
+    return v;
+}
+
+// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+// days_from_civil, written out).
+std::int64_t days_from_civil(std::int64_t y, unsigned m, unsigned d) {
+    y -= m <= 2;
+    const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
+    const auto yoe = static_cast<unsigned>(y - era * 400);
+    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + static_cast<std::int64_t>(doe) - 719468;
+}
+
+bool leap(std::int64_t y) {
+    return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+}
+
+std::optional<unsigned> digits(std::string_view text, std::size_t at, std::size_t n) {
+    if (at + n > text.size()) return std::nullopt;
+    unsigned v = 0;
+    for (std::size_t i = at; i < at + n; ++i) {
+        if (text[i] < '0' || text[i] > '9') return std::nullopt;
+        v = v * 10 + static_cast<unsigned>(text[i] - '0');
+    }
+    return v;
+}
+
+}  // namespace
+
+std::optional<std::int64_t> parse_time(std::string_view t) {
+    const auto year = digits(t, 0, 4), month = digits(t, 5, 2), day = digits(t, 8, 2);
+    if (!year || !month || !day || t.size() < 10 || t[4] != '-' || t[7] != '-') return std::nullopt;
+    if (*year < 1970 || *month < 1 || *month > 12 || *day < 1) return std::nullopt;
+    static constexpr std::array<unsigned, 12> month_days{31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    const unsigned last = month_days[*month - 1] + (*month == 2 && leap(*year) ? 1 : 0);
+    if (*day > last) return std::nullopt;
+    std::int64_t ms = days_from_civil(*year, *month, *day) * 86'400'000;
+    if (t.size() == 10) return ms;
+    if (t[10] != 'T' && t[10] != 't' && t[10] != ' ') return std::nullopt;
+    const auto hour = digits(t, 11, 2), minute = digits(t, 14, 2), second = digits(t, 17, 2);
+    if (!hour || !minute || !second || t.size() < 20 || t[13] != ':' || t[16] != ':' || *hour > 23 ||
+        *minute > 59 || *second > 59) {
+        return std::nullopt;
+    }
+    ms += (*hour * 3600 + *minute * 60 + *second) * std::int64_t{1000};
+    std::size_t at = 19;
+    if (t[at] == '.') {
+        std::size_t n = 0;
+        std::int64_t fraction = 0;
+        while (++at < t.size() && t[at] >= '0' && t[at] <= '9') {
+            if (n++ < 3) fraction = fraction * 10 + (t[at] - '0');
+        }
+        if (n == 0) return std::nullopt;
+        while (n++ < 3) fraction *= 10;
+        ms += fraction;
+    }
+    const auto zone = t.substr(at);
+    if (zone == "Z" || zone == "z") return ms;
+    const auto zh = digits(zone, 1, 2), zm = digits(zone, 4, 2);
+    if (zone.size() != 6 || (zone[0] != '+' && zone[0] != '-') || zone[3] != ':' || !zh || !zm || *zh > 23 ||
+        *zm > 59) {
+        return std::nullopt;
+    }
+    const std::int64_t offset = (*zh * 60 + *zm) * std::int64_t{60'000};
+    return zone[0] == '+' ? ms - offset : ms + offset;
+}
+
+std::string rfc3339(std::int64_t ms) {
     const std::time_t seconds = static_cast<std::time_t>(ms / 1000);
     std::tm tm{};
     gmtime_r(&seconds, &tm);
@@ -41,8 +147,214 @@ std::string rfc3339(ledger::time_ms ms) {
                        tm.tm_hour, tm.tm_min, tm.tm_sec, ms % 1000);
 }
 
-template <class T>
-std::string json_int_or_null(const std::optional<T>& v) {
+std::string day_of(std::int64_t ms) {
+    return rfc3339(ms).substr(0, 10);
+}
+
+body::body(const std::string& text) {
+    if (!parse(text)) {
+        members_.clear();
+        code_ = "invalid_json";
+        message_ = "The request body must be a JSON object";
+    }
+}
+
+bool body::parse(const std::string& text) {
+    simdjson::ondemand::parser parser;
+    simdjson::padded_string padded(text);
+    simdjson::ondemand::document doc;
+    simdjson::ondemand::object obj;
+    if (parser.iterate(padded).get(doc) || doc.get_object().get(obj)) return false;
+    for (auto field : obj) {
+        std::string_view key;
+        if (field.unescaped_key().get(key)) return false;
+        auto value = field.value();
+        simdjson::ondemand::json_type type;
+        if (value.type().get(type)) return false;
+        member m{member::kind::other, {}, 0, {}};
+        switch (type) {
+            case simdjson::ondemand::json_type::string: {
+                std::string_view s;
+                if (value.get_string().get(s)) return false;
+                m = {member::kind::string, std::string(s), 0, {}};
+                break;
+            }
+            case simdjson::ondemand::json_type::number: {
+                std::int64_t v = 0;
+                if (!value.get_int64().get(v)) {
+                    m = {member::kind::integer, {}, v, {}};
+                } else {
+                    double ignored = 0;  // only to consume the token: not a money value
+                    if (value.get_double().get(ignored)) return false;
+                    m.type = member::kind::number;
+                }
+                break;
+            }
+            case simdjson::ondemand::json_type::boolean: {
+                bool b = false;
+                if (value.get_bool().get(b)) return false;
+                m.type = member::kind::boolean;
+                break;
+            }
+            case simdjson::ondemand::json_type::null:
+                m.type = member::kind::null;
+                break;
+            case simdjson::ondemand::json_type::array: {
+                simdjson::ondemand::array items;
+                if (value.get_array().get(items)) return false;
+                m.type = member::kind::strings;
+                for (auto item : items) {
+                    std::string_view s;
+                    if (item.get_string().get(s)) {
+                        m.type = member::kind::other;  // not all strings: skipped
+                        continue;
+                    }
+                    if (m.type == member::kind::strings) m.strings.emplace_back(s);
+                }
+                break;
+            }
+            default:  // an object: skipped (On Demand steps over it)
+                break;
+        }
+        members_.insert_or_assign(std::string(key), std::move(m));
+    }
+    return true;
+}
+
+const body::member* body::find(std::string_view name, bool required) {
+    if (failed()) return nullptr;
+    const auto it = members_.find(name);
+    if (it == members_.end() || it->second.type == member::kind::null) {
+        if (required) refuse(name, fmt::format("'{}' is required", name)), code_ = "missing_required_parameter";
+        return nullptr;
+    }
+    return &it->second;
+}
+
+void body::refuse(std::string_view param, std::string message) {
+    if (failed()) return;
+    code_ = "invalid_value";
+    param_ = std::string(param);
+    message_ = std::move(message);
+}
+
+std::optional<std::string> body::text(std::string_view name, bool required, std::size_t max_size) {
+    const auto* m = find(name, required);
+    if (!m) return std::nullopt;
+    if (m->type != member::kind::string) {
+        refuse(name, fmt::format("'{}' must be a string", name));
+        code_ = "invalid_type";
+        return std::nullopt;
+    }
+    if (m->string.size() > max_size) {
+        refuse(name, fmt::format("'{}' must be at most {} bytes", name, max_size));
+        return std::nullopt;
+    }
+    return m->string;
+}
+
+std::optional<std::int64_t> body::integer(std::string_view name, bool required, std::int64_t min, std::int64_t max) {
+    const auto* m = find(name, required);
+    if (!m) return std::nullopt;
+    if (m->type != member::kind::integer) {
+        if (m->type == member::kind::number) {
+            refuse(name, fmt::format("'{}' must be an integer from {} to {}", name, min, max));
+        } else {
+            refuse(name, fmt::format("'{}' must be an integer", name));
+            code_ = "invalid_type";
+        }
+        return std::nullopt;
+    }
+    if (m->integer < min || m->integer > max) {
+        refuse(name, fmt::format("'{}' must be an integer from {} to {}", name, min, max));
+        return std::nullopt;
+    }
+    return m->integer;
+}
+
+std::optional<std::vector<std::string>> body::string_list(std::string_view name, bool required) {
+    const auto* m = find(name, required);
+    if (!m) return std::nullopt;
+    if (m->type != member::kind::strings) {
+        refuse(name, fmt::format("'{}' must be an array of strings", name));
+        code_ = "invalid_type";
+        return std::nullopt;
+    }
+    if (m->strings.size() > 16) {
+        refuse(name, fmt::format("'{}' may hold at most 16 strings", name));
+        return std::nullopt;
+    }
+    for (const auto& s : m->strings) {
+        if (s.size() > 64) {
+            refuse(name, fmt::format("'{}' holds a string longer than 64 bytes", name));
+            return std::nullopt;
+        }
+    }
+    return m->strings;
+}
+
+std::optional<std::int64_t> body::time(std::string_view name, bool required) {
+    const auto t = text(name, required, 64);
+    if (!t) return std::nullopt;
+    const auto ms = parse_time(*t);
+    if (!ms) refuse(name, fmt::format("'{}' must be an RFC 3339 time or a YYYY-MM-DD date", name));
+    return ms;
+}
+
+awaitable<void> body::answer_refusal(exchange& x) const {
+    co_await reply_error(x, 400, code_, message_, param_);
+}
+
+awaitable<std::optional<std::int64_t>> subject(call& c, std::optional<std::int64_t> body_user_id) {
+    std::optional<std::int64_t> named = body_user_id;
+    if (const auto text = query_param(c.target, "user_id"); !text.empty() && !named) {
+        named = parse_int(text);
+        if (!named) {
+            co_await reply_error(c.x, 400, "invalid_value", "'user_id' must be an integer", "user_id");
+            co_return std::nullopt;
+        }
+    }
+    if (c.p.who == role::user) {
+        if (named && *named != c.p.user_id) {
+            co_await reply_error(c.x, 403, "forbidden", "A user key may only act on its own user", "user_id");
+            co_return std::nullopt;
+        }
+        c.audit_target = fmt::format("user:{}", c.p.user_id);
+        co_return c.p.user_id;
+    }
+    if (!named) {
+        co_await reply_error(c.x, 400, "missing_required_parameter", "'user_id' is required", "user_id");
+        co_return std::nullopt;
+    }
+    c.audit_target = fmt::format("user:{}", *named);
+    co_return *named;
+}
+
+awaitable<std::optional<page_request>> read_page(call& c) {
+    page_request page;
+    if (const auto text = query_param(c.target, "limit"); !text.empty()) {
+        const auto limit = parse_int(text);
+        if (!limit || *limit < 1 || *limit > 200) {
+            co_await reply_error(c.x, 400, "invalid_value", "'limit' must be an integer from 1 to 200", "limit");
+            co_return std::nullopt;
+        }
+        page.limit = static_cast<int>(*limit);
+    }
+    if (const auto text = query_param(c.target, "cursor"); !text.empty()) {
+        const auto cursor = parse_int(text);
+        if (!cursor || *cursor < 1) {
+            co_await reply_error(c.x, 400, "invalid_value", "'cursor' must be a next_cursor this endpoint returned",
+                                 "cursor");
+            co_return std::nullopt;
+        }
+        page.after_id = *cursor;
+    }
+    co_return page;
+}
+
+// --- output ------------------------------------------------------------------
+
+std::string json_int_or_null(const std::optional<std::int64_t>& v) {
     return v ? std::to_string(*v) : "null";
 }
 
@@ -55,370 +367,283 @@ std::string transaction_json(const ledger::transaction& t) {
         rfc3339(t.created_at_ms));
 }
 
-std::string query_param(std::string_view target, std::string_view name) {
-    const auto q = target.find('?');
-    if (q == std::string_view::npos) return {};
-    auto rest = target.substr(q + 1);
-    while (!rest.empty()) {
-        const auto amp = rest.find('&');
-        const auto pair = rest.substr(0, amp);
-        const auto eq = pair.find('=');
-        if (pair.substr(0, eq) == name) return std::string(eq == std::string_view::npos ? "" : pair.substr(eq + 1));
-        if (amp == std::string_view::npos) break;
-        rest.remove_prefix(amp + 1);
+awaitable<void> answer_json(call& c, unsigned status, std::string body) {
+    co_await reply(c.x, status, std::move(body), "application/json");
+}
+
+awaitable<void> answer_ledger_error(call& c, ledger::result code, std::string_view param) {
+    using ledger::result;
+    const auto name = std::string(ledger::to_string(code));
+    switch (code) {
+        case result::unknown_user:
+            co_await reply_error(c.x, 404, "user_not_found", "No such user", "user_id");
+            break;
+        case result::unknown_tier:
+            co_await reply_error(c.x, 400, "invalid_value", "No such tier", "tier");
+            break;
+        case result::insufficient_credits:
+            co_await reply_error(c.x, 402, "insufficient_credits", "The user's available credits do not cover this",
+                                 "amount_micros");
+            break;
+        case result::idempotency_conflict:
+            co_await reply_error(c.x, 409, "idempotency_conflict",
+                                 "This key or event id was used with a different request", param);
+            break;
+        case result::unknown_charge:
+            co_await reply_error(c.x, 404, "charge_not_found", "No such charge of this user", param);
+            break;
+        case result::refund_exceeds_charge:
+            co_await reply_error(c.x, 409, "refund_exceeds_charge",
+                                 "Refunds of this charge would add up to more than it", "amount_micros");
+            break;
+        case result::unknown_key:
+            co_await reply_error(c.x, 404, "key_not_found", "No such key", param.empty() ? "id" : param);
+            break;
+        case result::storage_failed:
+            co_await reply_error(c.x, 500, name, "The ledger could not store this; nothing was changed");
+            break;
+        default:
+            co_await reply_error(c.x, 400, name, fmt::format("Refused by the ledger: {}", name), param);
+            break;
+    }
+}
+
+// --- the route table -----------------------------------------------------------
+
+namespace {
+
+// Who may call a route. A service token needs the scope the route names.
+enum allowed : unsigned {
+    by_admin = 1,
+    by_user = 2,
+    by_meter = 4,    // a service token with scope `meter`
+    by_billing = 8,  // a service token with scope `billing`
+    by_service = 16, // any service token
+    by_anyone = 32,  // no credentials needed
+};
+
+// What an Idempotency-Key means on a route (SPEC 4.3).
+enum class idempotency : std::uint8_t {
+    ignored,
+    replayed,  // the handler passes the scoped key to the ledger, which replays the first answer
+    required,  // also required; the event id replays, a key seen with another body is a conflict
+    secret,    // never replayed: a repeated key is a conflict
+};
+
+struct route {
+    http::verb method;
+    std::string_view pattern;  // `{id}` matches one path segment
+    unsigned who;
+    idempotency idem;
+    awaitable<void> (*handler)(call&);
+};
+
+awaitable<void> openapi_document(call& c);
+
+// Every admin endpoint. tests/proxy/admin_routes_test.cpp checks this table
+// against proxy/openapi.json, and the e2e roles test calls every operation
+// of that document with every role.
+const std::array routes{
+    route{http::verb::post, "/api/v1/users", by_admin, idempotency::secret, create_user},
+    route{http::verb::get, "/api/v1/users", by_admin, idempotency::ignored, list_users},
+    route{http::verb::get, "/api/v1/users/{id}", by_admin, idempotency::ignored, get_user},
+    route{http::verb::patch, "/api/v1/users/{id}", by_admin, idempotency::ignored, patch_user},
+    route{http::verb::post, "/api/v1/keys", by_admin | by_user, idempotency::secret, create_key},
+    route{http::verb::get, "/api/v1/keys", by_admin | by_user, idempotency::ignored, list_keys},
+    route{http::verb::delete_, "/api/v1/keys/{id}", by_admin | by_user, idempotency::ignored, revoke_key},
+    route{http::verb::post, "/api/v1/service-tokens", by_admin, idempotency::secret, create_service_token},
+    route{http::verb::get, "/api/v1/credits/balance", by_admin | by_user, idempotency::ignored, balance},
+    route{http::verb::get, "/api/v1/credits/balance/stream", by_admin | by_user, idempotency::ignored,
+          balance_stream},
+    route{http::verb::post, "/api/v1/credits/allocate", by_admin, idempotency::replayed, allocate},
+    route{http::verb::get, "/api/v1/credits/transactions", by_admin | by_user, idempotency::ignored, transactions},
+    route{http::verb::post, "/api/v1/credits/deduct", by_admin | by_meter, idempotency::required, deduct},
+    route{http::verb::post, "/api/v1/credits/refund", by_admin, idempotency::replayed, refund},
+    route{http::verb::post, "/api/v1/metering/track", by_admin | by_meter, idempotency::required, track},
+    route{http::verb::get, "/api/v1/metering/summary", by_admin | by_user, idempotency::ignored, usage_summary},
+    route{http::verb::get, "/api/v1/metering/by-model", by_admin | by_user, idempotency::ignored, usage_by_model},
+    route{http::verb::get, "/api/v1/metering/by-date", by_admin | by_user, idempotency::ignored, usage_by_date},
+    route{http::verb::get, "/api/v1/metering/free-tier", by_admin | by_user, idempotency::ignored, free_tier},
+    route{http::verb::get, "/api/v1/tiers/compare", by_admin | by_user | by_service, idempotency::ignored,
+          compare_tiers},
+    route{http::verb::get, "/api/v1/audit", by_admin, idempotency::ignored, audit_log},
+    route{http::verb::get, "/api/v1/openapi.json", by_anyone, idempotency::ignored, openapi_document},
+};
+
+// True when `path` fits `pattern`; `id` gets the `{id}` segment.
+bool matches(std::string_view pattern, std::string_view path, std::string_view& id) {
+    const auto brace = pattern.find("{id}");
+    if (brace == std::string_view::npos) return pattern == path;
+    if (!path.starts_with(pattern.substr(0, brace))) return false;
+    const auto tail = pattern.substr(brace + 4);
+    const auto rest = path.substr(brace);
+    const auto slash = rest.find('/');
+    const auto segment = rest.substr(0, slash);
+    if (segment.empty() || rest.substr(segment.size()) != tail) return false;
+    id = segment;
+    return true;
+}
+
+bool has_scope(std::string_view scopes, std::string_view scope) {
+    while (!scopes.empty()) {
+        const auto space = scopes.find(' ');
+        if (scopes.substr(0, space) == scope) return true;
+        if (space == std::string_view::npos) break;
+        scopes.remove_prefix(space + 1);
+    }
+    return false;
+}
+
+bool may_call(const route& r, const principal& p) {
+    if (r.who & by_anyone) return true;
+    switch (p.who) {
+        case role::admin: return (r.who & by_admin) != 0;
+        case role::user: return (r.who & by_user) != 0;
+        case role::service:
+            return (r.who & by_service) || ((r.who & by_meter) && has_scope(p.scopes, "meter")) ||
+                   ((r.who & by_billing) && has_scope(p.scopes, "billing"));
+        case role::none: break;
+    }
+    return false;
+}
+
+principal authenticate(exchange& x) {
+    const auto bearer = bearer_of(x.req);
+    if (bearer.empty() || bearer.size() > 512) return {};
+    const auto hash = x.a.keys_secret.hash(bearer);
+    if (equal_secret(hash, x.a.admin_token_hash)) return {role::admin, 0, 0, {}};
+    if (const auto who = x.a.keys.find(bearer)) return {role::user, who->user_id, who->key_id, {}};
+    if (const auto token = x.a.ledger.find_service_token_by_hash(hash); token && !token->revoked_at_ms) {
+        return {role::service, 0, token->id, token->scopes};
     }
     return {};
 }
 
-std::optional<std::int64_t> parse_int(std::string_view text) {
-    std::int64_t v = 0;
-    const auto* end = text.data() + text.size();
-    auto [p, ec] = std::from_chars(text.data(), end, v);
-    if (ec != std::errc() || p != end || text.empty()) return std::nullopt;
-    return v;
+std::string client_address(exchange& x) {
+    beast::error_code ec;
+    const auto endpoint = x.client.socket.remote_endpoint(ec);
+    return ec ? std::string("unknown") : endpoint.address().to_string();
 }
 
-// The user an endpoint acts on: an admin names one (`user_id` in the
-// query), a user is themselves and may not name anyone else.
-awaitable<std::optional<std::int64_t>> subject(exchange& x, const principal& p, std::string_view target) {
-    std::optional<std::int64_t> named;
-    if (const auto text = query_param(target, "user_id"); !text.empty()) {
-        named = parse_int(text);
-        if (!named) {
-            co_await reply_error(x, 400, "invalid_value", "'user_id' must be an integer", "user_id");
-            co_return std::nullopt;
-        }
+// A printable ASCII key of 1..255 characters (Stripe's limit).
+bool valid_idempotency_key(std::string_view key) {
+    if (key.empty() || key.size() > 255) return false;
+    for (const char ch : key) {
+        if (ch < 0x21 || ch > 0x7e) return false;
     }
-    if (p.who == principal::role::user) {
-        if (named && *named != p.user_id) {
-            co_await reply_error(x, 403, "forbidden", "A user key may only act on its own user", "user_id");
-            co_return std::nullopt;
-        }
-        co_return p.user_id;
-    }
-    if (!named) {
-        co_await reply_error(x, 400, "missing_required_parameter", "'user_id' is required", "user_id");
-        co_return std::nullopt;
-    }
-    co_return *named;
+    return true;
 }
 
-// A JSON body's fields, read once with their types checked.
-struct body_fields {
-    std::string error_param;  // a field with the wrong type
-    std::string error_message;
-    std::map<std::string, std::string, std::less<>> strings;
-    std::map<std::string, std::int64_t, std::less<>> ints;
-};
-
-// Field lists live outside the coroutines: GCC 12 cannot keep an
-// initializer list's array in a coroutine frame.
-constexpr std::array<std::string_view, 3> user_string_fields{"email", "name", "tier"};
-constexpr std::array<std::string_view, 3> allocate_string_fields{"kind", "reason", "expires_at"};
-constexpr std::array<std::string_view, 2> allocate_int_fields{"user_id", "amount_micros"};
-
-body_fields read_fields(const std::string& body, std::span<const std::string_view> string_fields,
-                        std::span<const std::string_view> int_fields) {
-    body_fields out;
-    simdjson::ondemand::parser parser;
-    simdjson::padded_string padded(body);
-    simdjson::ondemand::document doc;
-    simdjson::ondemand::object obj;
-    if (parser.iterate(padded).get(doc) || doc.get_object().get(obj)) {
-        out.error_message = "The request body must be a JSON object";
-        return out;
-    }
-    for (auto field : obj) {
-        std::string_view key;
-        if (field.unescaped_key().get(key)) {
-            out.error_message = "The request body is not valid JSON";
-            return out;
-        }
-        auto value = field.value();
-        for (const auto name : string_fields) {
-            if (key != name) continue;
-            std::string_view s;
-            if (value.get_string().get(s)) {
-                out.error_param = std::string(name);
-                out.error_message = fmt::format("'{}' must be a string", name);
-                return out;
-            }
-            out.strings.emplace(std::string(name), std::string(s));
-        }
-        for (const auto name : int_fields) {
-            if (key != name) continue;
-            std::int64_t v = 0;
-            if (value.get_int64().get(v)) {
-                out.error_param = std::string(name);
-                out.error_message = fmt::format("'{}' must be an integer within int64", name);
-                return out;
-            }
-            out.ints.emplace(std::string(name), v);
-        }
-    }
-    return out;  // unknown fields are ignored (SPEC 6)
-}
-
-awaitable<bool> refuse_fields(exchange& x, const body_fields& f) {
-    if (f.error_message.empty()) co_return false;
-    co_await reply_error(x, 400, f.error_param.empty() ? "invalid_json" : "invalid_type", f.error_message,
-                         f.error_param);
-    co_return true;
-}
-
-awaitable<void> create_user(exchange& x) {
-    const auto f = read_fields(x.req.body(), user_string_fields, {});
-    if (co_await refuse_fields(x, f)) co_return;
-    const auto email = f.strings.find("email");
-    if (email == f.strings.end() || email->second.empty() || email->second.find('@') == std::string::npos ||
-        email->second.size() > 254) {
-        co_await reply_error(x, 400, "invalid_value", "'email' is required and must be an email address", "email");
-        co_return;
-    }
-    ledger::new_user nu;
-    nu.email = email->second;
-    if (const auto it = f.strings.find("name"); it != f.strings.end()) nu.name = it->second;
-    if (const auto it = f.strings.find("tier"); it != f.strings.end()) nu.tier = it->second;
-    nu.actor = "admin";
-    const auto created = x.a.ledger.create_user(nu);
-    if (created.code == ledger::result::user_exists) {
-        co_await reply_error(x, 409, "user_exists", "A user with this email exists", "email");
-        co_return;
-    }
-    if (created.code == ledger::result::unknown_tier) {
-        co_await reply_error(x, 400, "invalid_value", fmt::format("Unknown tier '{}'", nu.tier), "tier");
-        co_return;
-    }
-    if (created.code != ledger::result::ok) {
-        co_await reply_error(x, created.code == ledger::result::invalid_argument ? 400 : 500,
-                             std::string(ledger::to_string(created.code)), "The user could not be created");
-        co_return;
-    }
-    const auto secret = secrets::generate("tg_");
-    const auto key = x.a.ledger.create_key({.user_id = created.user_id,
-                                            .key_hash = x.a.keys_secret.hash(secret),
-                                            .key_prefix = secrets::display_prefix(secret),
-                                            .name = "default",
-                                            .rpm_limit = x.a.settings.default_rpm_limit});
-    if (key.code != ledger::result::ok || !co_await durable(x.a, created.seq)) {
-        co_await reply_error(x, 500, "storage_failed", "The user was not stored");
-        co_return;
-    }
-    const auto user = x.a.ledger.find_user(created.user_id);
-    const auto sub = x.a.ledger.find_subscription(created.user_id);
-    const std::string& tier = sub ? sub->tier : nu.tier;
-    std::string body =
-        fmt::format(R"({{"user":{{"id":{},"email":"{}","name":"{}","tier":"{}","created_at":"{}"}},"api_key":"{}"}})",
-                    created.user_id, json_escape(nu.email), json_escape(nu.name), json_escape(tier),
-                    rfc3339(user ? user->created_at_ms : 0), secret);
-    co_await reply(x, 201, std::move(body), "application/json");
-}
-
-awaitable<void> allocate(exchange& x) {
-    const auto f = read_fields(x.req.body(), allocate_string_fields, allocate_int_fields);
-    if (co_await refuse_fields(x, f)) co_return;
-    const auto user = f.ints.find("user_id");
-    const auto amount = f.ints.find("amount_micros");
-    if (user == f.ints.end()) {
-        co_await reply_error(x, 400, "missing_required_parameter", "'user_id' is required", "user_id");
-        co_return;
-    }
-    if (amount == f.ints.end() || amount->second <= 0 || amount->second > ledger::max_amount_micros) {
-        co_await reply_error(x, 400, "invalid_value",
-                             fmt::format("'amount_micros' must be an integer from 1 to {}", ledger::max_amount_micros),
-                             "amount_micros");
-        co_return;
-    }
-    ledger::grant_request g;
-    g.user_id = user->second;
-    g.amount_micros = amount->second;
-    g.kind = ledger::grant_kind::purchased;
-    if (const auto it = f.strings.find("kind"); it != f.strings.end()) {
-        const auto kind = ledger::parse_grant_kind(it->second);
-        if (!kind) {
-            co_await reply_error(x, 400, "invalid_value", "'kind' must be refund, bonus, allocated or purchased", "kind");
-            co_return;
-        }
-        g.kind = *kind;
-    }
-    if (const auto it = f.strings.find("reason"); it != f.strings.end()) g.reason = it->second;
-    g.source = "admin";
-    g.actor = "admin";
-    const auto out = x.a.ledger.grant(g);
-    if (out.code == ledger::result::unknown_user) {
-        co_await reply_error(x, 404, "user_not_found", fmt::format("No user {}", g.user_id), "user_id");
-        co_return;
-    }
-    if (out.code != ledger::result::ok) {
-        co_await reply_error(x, out.code == ledger::result::storage_failed ? 500 : 400,
-                             std::string(ledger::to_string(out.code)), "The grant was refused", "amount_micros");
-        co_return;
-    }
-    if (!co_await durable(x.a, out.seq)) {
-        co_await reply_error(x, 500, "storage_failed", "The grant was not stored");
-        co_return;
-    }
-    ledger::transaction t;
-    t.id = out.transaction_id;
-    t.type = "grant";
-    t.kind = g.kind;
-    t.amount_micros = g.amount_micros;
-    t.balance_after_micros = out.balance_micros;
-    t.grant_id = out.grant_id;
-    t.reason = g.reason;
-    t.created_at_ms = x.a.ledger.now_ms();
-    co_await reply(x, 201, fmt::format(R"({{"transaction":{},"balance_micros":{}}})", transaction_json(t), out.balance_micros),
-                   "application/json");
-}
-
-awaitable<void> balance(exchange& x, const principal& p, std::string_view target) {
-    const auto user = co_await subject(x, p, target);
-    if (!user) co_return;
-    const auto b = x.a.ledger.get_balance(*user);
-    if (!b) {
-        co_await reply_error(x, 404, "user_not_found", fmt::format("No user {}", *user), "user_id");
-        co_return;
-    }
-    const auto& k = b->by_kind_micros;
-    co_await reply(
-        x, 200,
-        fmt::format(
-            R"({{"user_id":{},"balance_micros":{},"reserved_micros":{},"available_micros":{},"debt_micros":{},"overage_limit_micros":{},"by_kind":{{"refund":{},"bonus":{},"allocated":{},"purchased":{}}},"balance_usd":"{}"}})",
-            b->user_id, b->balance_micros, b->reserved_micros, b->available_micros, b->debt_micros,
-            b->overage_limit_micros, k[0], k[1], k[2], k[3], usd_text(b->balance_micros)),
-        "application/json");
-}
-
-awaitable<void> transactions(exchange& x, const principal& p, std::string_view target) {
-    const auto user = co_await subject(x, p, target);
-    if (!user) co_return;
-    ledger::transaction_query q;
-    q.user_id = *user;
-    if (const auto text = query_param(target, "limit"); !text.empty()) {
-        const auto limit = parse_int(text);
-        if (!limit || *limit < 1 || *limit > 200) {
-            co_await reply_error(x, 400, "invalid_value", "'limit' must be an integer from 1 to 200", "limit");
-            co_return;
-        }
-        q.limit = static_cast<int>(*limit);
-    }
-    if (const auto text = query_param(target, "cursor"); !text.empty()) {
-        const auto cursor = parse_int(text);
-        if (!cursor || *cursor < 1) {
-            co_await reply_error(x, 400, "invalid_value", "'cursor' must be a next_cursor this endpoint returned",
-                                 "cursor");
-            co_return;
-        }
-        q.after_id = *cursor;
-    }
-    if (const auto text = query_param(target, "type"); !text.empty()) q.type = text;
-    const auto page = x.a.ledger.transactions(q);
-    if (page.code != ledger::result::ok) {
-        co_await reply_error(x, 500, "storage_failed", "The transactions could not be read");
-        co_return;
-    }
-    std::string out = R"({"data":[)";
-    for (std::size_t i = 0; i < page.rows.size(); ++i) {
-        if (i) out += ',';
-        out += transaction_json(page.rows[i]);
-    }
-    out += fmt::format(R"(],"next_cursor":{}}})", json_int_or_null(page.next_cursor));
-    co_await reply(x, 200, std::move(out), "application/json");
-}
-
-std::string key_json(const ledger::key_record& k) {
-    return fmt::format(
-        R"({{"id":{},"user_id":{},"prefix":"{}","name":"{}","rpm_limit":{},"created_at":"{}","revoked_at":{}}})", k.id,
-        k.user_id, json_escape(k.key_prefix), json_escape(k.name), k.rpm_limit, rfc3339(k.created_at_ms),
-        k.revoked_at_ms ? fmt::format("\"{}\"", rfc3339(*k.revoked_at_ms)) : std::string("null"));
-}
-
-awaitable<void> list_keys(exchange& x, const principal& p, std::string_view target) {
-    const auto user = co_await subject(x, p, target);
-    if (!user) co_return;
-    std::string out = R"({"data":[)";
-    bool first = true;
-    for (const auto& k : x.a.ledger.list_keys(*user)) {
-        if (k.kind != "user") continue;
-        if (!first) out += ',';
-        out += key_json(k);
-        first = false;
-    }
-    out += "]}";
-    co_await reply(x, 200, std::move(out), "application/json");
-}
-
-// Revoking a key takes effect at once: the key cache forgets every entry.
-awaitable<void> revoke_key(exchange& x, const principal& p, std::string_view id_text) {
-    const auto id = parse_int(id_text);
-    bool allowed = id.has_value() && p.who == principal::role::admin;
-    if (id && p.who == principal::role::user) {
-        for (const auto& k : x.a.ledger.list_keys(p.user_id)) allowed = allowed || k.id == *id;
-    }
-    if (!allowed) {
-        co_await reply_error(x, 404, "key_not_found", "No such key of yours", "id");
-        co_return;
-    }
-    const auto out = x.a.ledger.revoke_key(*id);
-    if (out.code == ledger::result::unknown_key) {
-        co_await reply_error(x, 404, "key_not_found", "No such key", "id");
-        co_return;
-    }
-    if (out.code != ledger::result::ok || !co_await durable(x.a, out.seq)) {
-        co_await reply_error(x, 500, "storage_failed", "The key was not revoked");
-        co_return;
-    }
-    x.a.keys.invalidate_all();
-    std::string body = fmt::format(R"({{"id":{},"revoked":true}})", *id);
-    co_await reply(x, 200, std::move(body), "application/json");
+awaitable<void> openapi_document(call& c) {
+    co_await answer_json(c, 200, std::string(openapi_json()));
 }
 
 }  // namespace
+}  // namespace admin
 
 awaitable<void> admin_call(exchange& x) {
-    std::string_view target(x.req.target().data(), x.req.target().size());
+    using namespace admin;
+    const std::string_view target(x.req.target().data(), x.req.target().size());
     const auto path = target.substr(0, target.find('?'));
-    const auto method = x.req.method();
-    const auto p = authenticate(x);
-    if (p.who == principal::role::none) {
-        co_await reply_error(x, 401, "invalid_api_key", "An admin token or a tollgate key is required");
+    const route* found = nullptr;
+    bool path_known = false;
+    std::string_view id;
+    for (const auto& r : routes) {
+        std::string_view segment;
+        if (!matches(r.pattern, path, segment)) continue;
+        path_known = true;
+        if (r.method == x.req.method()) {
+            found = &r;
+            id = segment;
+            break;
+        }
+    }
+    if (!found) {
+        if (path_known) {
+            co_await reply_error(x, 405, "method_not_allowed",
+                                 fmt::format("{} is not allowed on {}", std::string(x.req.method_string()),
+                                             std::string(path)));
+        } else {
+            co_await reply_error(x, 404, "not_found", fmt::format("No admin endpoint {}", std::string(path)));
+        }
         co_return;
     }
-    const bool admin = p.who == principal::role::admin;
-    if (method == http::verb::post && path == "/api/v1/users") {
-        if (!admin) {
-            co_await reply_error(x, 403, "forbidden", "Only an admin may create users");
+
+    const auto address = client_address(x);
+    principal p;
+    if (!(found->who & by_anyone)) {
+        if (const auto wait = x.a.auth_failures.blocked_for(address, x.a.settings.auth_failures_per_minute)) {
+            co_await reply_error(x, 429, "rate_limited", "Too many failed authentications from this address", {},
+                                 retry_after(wait));
             co_return;
         }
-        co_await create_user(x);
-        co_return;
-    }
-    if (method == http::verb::post && path == "/api/v1/credits/allocate") {
-        if (!admin) {
-            co_await reply_error(x, 403, "forbidden", "Only an admin may allocate credits");
+        p = authenticate(x);
+        if (p.who == role::none) {
+            x.a.auth_failures.record_failure(address);
+            co_await reply_error(x, 401, "invalid_api_key",
+                                 "An admin token, a tollgate key or a service token is required");
             co_return;
         }
-        co_await allocate(x);
+        if (!may_call(*found, p)) {
+            co_await reply_error(x, 403, "forbidden", "This credential may not call this endpoint");
+            co_return;
+        }
+        if (p.who == role::user) {
+            const auto rpm = x.a.keys.find(bearer_of(x.req));
+            if (const auto wait = x.a.limits.admit(p.key_id, rpm ? rpm->rpm_limit : 1)) {
+                co_await reply_error(x, 429, "rate_limited", "This key's request rate limit is reached", {},
+                                     retry_after(wait));
+                co_return;
+            }
+        }
+    }
+
+    call c{x, p, target, id, {}, {}};
+    if (const auto header = x.req.find("idempotency-key"); header != x.req.end()) {
+        c.idempotency_key = std::string(header->value());
+        if (found->idem != idempotency::ignored && !valid_idempotency_key(c.idempotency_key)) {
+            co_await reply_error(x, 400, "invalid_value",
+                                 "'Idempotency-Key' must be 1 to 255 printable ASCII characters", "Idempotency-Key");
+            co_return;
+        }
+    }
+    if (found->idem == idempotency::required && c.idempotency_key.empty()) {
+        co_await reply_error(x, 400, "idempotency_key_required", "This endpoint needs an Idempotency-Key header",
+                             "Idempotency-Key");
         co_return;
     }
-    if (method == http::verb::get && path == "/api/v1/credits/balance") {
-        co_await balance(x, p, target);
-        co_return;
+    if ((found->idem == idempotency::required || found->idem == idempotency::secret) && !c.idempotency_key.empty()) {
+        const auto fingerprint = fmt::format("{} {}\n{}", std::string(x.req.method_string()), std::string(target),
+                                             x.req.body());
+        const auto claimed = x.a.ledger.claim_idempotency_key(p.name(), c.idempotency_key, fingerprint);
+        const bool conflict = claimed == ledger::ledger::claim::conflict ||
+                              (claimed == ledger::ledger::claim::same && found->idem == idempotency::secret);
+        if (claimed == ledger::ledger::claim::storage_failed) {
+            co_await reply_error(x, 500, "storage_failed", "The Idempotency-Key could not be recorded");
+            co_return;
+        }
+        if (conflict) {
+            co_await reply_error(x, 409, "idempotency_conflict",
+                                 found->idem == idempotency::secret
+                                     ? "This Idempotency-Key was used before; a secret is never sent twice"
+                                     : "This Idempotency-Key was used with a different request",
+                                 "Idempotency-Key");
+            co_return;
+        }
     }
-    if (method == http::verb::get && path == "/api/v1/credits/transactions") {
-        co_await transactions(x, p, target);
-        co_return;
+
+    co_await found->handler(c);
+
+    // Every change is audit-logged, refused or not: who, what, when, from where.
+    if (found->method != http::verb::get) {
+        x.a.ledger.record_audit({.id = 0,
+                                 .actor = p.name(),
+                                 .action = fmt::format("{} {}", std::string(x.req.method_string()), std::string(path)),
+                                 .target = c.audit_target,
+                                 .detail = fmt::format("status {}", x.status),
+                                 .client_address = address,
+                                 .created_at_ms = 0});
     }
-    if (method == http::verb::get && path == "/api/v1/keys") {
-        co_await list_keys(x, p, target);
-        co_return;
-    }
-    if (method == http::verb::delete_ && path.starts_with("/api/v1/keys/")) {
-        co_await revoke_key(x, p, path.substr(std::string_view("/api/v1/keys/").size()));
-        co_return;
-    }
-    co_await reply_error(x, 404, "not_found", fmt::format("No admin endpoint {} {}", std::string(x.req.method_string()),
-                                                          std::string(path)));
 }
 
 }  // namespace tollgate::proxy

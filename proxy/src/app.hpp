@@ -67,6 +67,7 @@ struct app {
     metrics stats;
     key_cache keys;
     rate_limiter limits;
+    failure_throttle auth_failures;  // the admin API's, per client address
     catalog_holder catalog;
     std::unique_ptr<net::asio::ssl::context> tls;
     std::string admin_token_hash;

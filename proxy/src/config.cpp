@@ -75,7 +75,9 @@ bool apply_file(const std::string& path, config& c, std::string& error) {
             !read_positive(*server, "server", "max_header_bytes", c.max_header_bytes, error, 1 << 20) ||
             !read_positive(*server, "server", "drain_slots", c.drain_slots, error, 100'000) ||
             !read_positive(*server, "server", "pool_idle_per_upstream", c.pool_idle_per_upstream, error, 100'000) ||
-            !read_positive(*server, "server", "default_rpm_limit", c.default_rpm_limit, error, 1'000'000'000)) {
+            !read_positive(*server, "server", "default_rpm_limit", c.default_rpm_limit, error, 1'000'000'000) ||
+            !read_positive(*server, "server", "auth_failures_per_minute", c.auth_failures_per_minute, error,
+                           1'000'000)) {
             return false;
         }
     }
@@ -138,7 +140,19 @@ bool apply_file(const std::string& path, config& c, std::string& error) {
                     return false;
                 }
             }
+            c.service_prices[route.service] = route.price_micros;
             c.routes.push_back(std::move(route));
+        }
+    }
+    if (const auto* prices = root["service_prices"].as_table()) {
+        for (const auto& [name, value] : *prices) {
+            const auto price = value.value<std::int64_t>();
+            if (name.str().empty() || name.str().size() > 32 || !price || *price < 0 || *price > 1'000'000'000'000) {
+                error = fmt::format("service_prices.{} in TOLLGATE_CONFIG must be an integer price in micro-USD "
+                                    "from 0 to 1000000000000", name.str());
+                return false;
+            }
+            c.service_prices[std::string(name.str())] = *price;
         }
     }
     return true;
@@ -191,6 +205,7 @@ std::optional<upstream_url> parse_upstream_url(const std::string& text, std::str
 
 config_result load_config(const std::map<std::string, std::string>& env) {
     config c;
+    c.service_prices = {{"search", default_service_price("search")}, {"agent", default_service_price("agent")}};
     std::string error;
     auto get = [&](const char* name) -> std::optional<std::string> {
         const auto it = env.find(name);

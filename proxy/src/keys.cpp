@@ -93,4 +93,31 @@ std::int64_t rate_limiter::admit(std::int64_t key_id, std::int64_t rpm) {
     return std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil((1.0 - b.tokens) / per_second)));
 }
 
+std::int64_t failure_throttle::blocked_for(const std::string& address, std::int64_t per_minute) {
+    const auto now = std::chrono::steady_clock::now();
+    std::lock_guard lock(mu_);
+    const auto it = by_address_.find(address);
+    if (it == by_address_.end()) return 0;
+    const auto age = now - it->second.start;
+    if (age >= std::chrono::minutes(1)) {
+        by_address_.erase(it);
+        return 0;
+    }
+    if (it->second.failures < per_minute) return 0;
+    return std::max<std::int64_t>(
+        1, std::chrono::duration_cast<std::chrono::seconds>(std::chrono::minutes(1) - age).count());
+}
+
+void failure_throttle::record_failure(const std::string& address) {
+    const auto now = std::chrono::steady_clock::now();
+    std::lock_guard lock(mu_);
+    // Bounded: a flood from many addresses forgets windows that are over.
+    if (by_address_.size() > 100'000) {
+        std::erase_if(by_address_, [&](const auto& e) { return now - e.second.start >= std::chrono::minutes(1); });
+    }
+    auto [it, fresh] = by_address_.try_emplace(address, window{now, 0});
+    if (!fresh && now - it->second.start >= std::chrono::minutes(1)) it->second = window{now, 0};
+    it->second.failures++;
+}
+
 }  // namespace tollgate::proxy

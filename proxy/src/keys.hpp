@@ -67,4 +67,22 @@ private:
     std::unordered_map<std::int64_t, bucket> buckets_;
 };
 
+// Failed authentications per client address, in fixed one-minute windows:
+// past the limit, the address is refused (429) until its window ends,
+// whatever it sends, so guessing the admin token or a key is slow.
+class failure_throttle {
+public:
+    // 0 when the address may try, else the seconds until it may.
+    std::int64_t blocked_for(const std::string& address, std::int64_t per_minute);
+    void record_failure(const std::string& address);
+
+private:
+    struct window {
+        std::chrono::steady_clock::time_point start;
+        std::int64_t failures = 0;
+    };
+    std::mutex mu_;
+    std::unordered_map<std::string, window> by_address_;
+};
+
 }  // namespace tollgate::proxy

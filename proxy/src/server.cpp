@@ -354,6 +354,7 @@ int serve(const config& settings) {
           .stats = {},
           .keys = key_cache(l, a.keys_secret, std::chrono::seconds(10)),
           .limits = {},
+          .auth_failures = {},
           .catalog = {},
           .tls = make_client_tls_context(),
           .admin_token_hash = {}};

@@ -196,6 +196,14 @@ struct deduct_request {
     std::string service = "deduct";
     std::string actor = "admin";
     std::string reason;
+    // An external usage event (metering/track): what it used, recorded on
+    // its usage event and rollup. Its `service` replaces the one above.
+    std::optional<usage_event> usage;
+    // When the event happened (its rollup day); now when unset.
+    std::optional<time_ms> occurred_at_ms;
+    // Usage that already happened is owed whatever the balance: charged in
+    // full, the shortfall becoming debt. A plain deduct is refused instead.
+    bool allow_debt = false;
 };
 
 struct refund_request {
@@ -266,6 +274,55 @@ struct usage_totals {
     std::int64_t markup_micros = 0;
     std::int64_t charged_micros = 0;
     std::int64_t refunded_micros = 0;
+};
+
+// One user as the admin API lists them.
+struct user_listing {
+    user_record user;
+    std::string tier;
+};
+
+struct user_page {
+    result code = result::ok;
+    std::vector<user_listing> rows;  // newest first
+    std::optional<std::int64_t> next_cursor;  // pass back as `after_id`
+};
+
+// Who did what, when, from where (SPEC 6, `GET /audit`).
+struct audit_entry {
+    std::int64_t id = 0;
+    std::string actor;   // admin, user:<id>, service:<token id>, system
+    std::string action;  // e.g. "POST /api/v1/credits/allocate"
+    std::string target;  // e.g. "user:12"
+    std::string detail;  // the outcome, never a secret
+    std::string client_address;
+    time_ms created_at_ms = 0;
+};
+
+struct audit_page {
+    result code = result::ok;
+    std::vector<audit_entry> rows;  // newest first
+    std::optional<std::int64_t> next_cursor;
+};
+
+// A credential of another system (SPEC 6): scopes `meter` (metering/track,
+// credits/deduct) and `billing` (upgrades through tiers/switch).
+struct service_token {
+    std::int64_t id = 0;
+    std::string token_hash;  // keyed hash; the secret is never stored
+    std::string token_prefix;
+    std::string name;
+    std::string scopes;  // space-separated
+    time_ms created_at_ms = 0;
+    std::optional<time_ms> revoked_at_ms;
+};
+
+enum class usage_grouping : std::uint8_t { model, day, month };
+
+struct usage_breakdown {
+    result code = result::ok;
+    // (model, "YYYY-MM-DD" or "YYYY-MM") and its totals, sorted by that key.
+    std::vector<std::pair<std::string, usage_totals>> rows;
 };
 
 struct usage_summary {
@@ -369,6 +426,12 @@ public:
     std::optional<subscription> find_subscription(std::int64_t user_id);
     simple_outcome set_overage_limit(std::int64_t user_id, std::int64_t overage_limit_micros);
     simple_outcome set_user_status(std::int64_t user_id, const std::string& status);
+    // An admin's direct tier change: effective at once for admission and the
+    // models allowed; the new tier's credits arrive with the next period.
+    // (Prorated switches are tiers/switch's.)
+    simple_outcome set_tier(std::int64_t user_id, const std::string& tier_id);
+    // Users newest first, `limit` 1..200, ids below `after_id`.
+    user_page list_users(std::optional<std::int64_t> after_id, int limit);
 
     std::vector<tier> tiers();
     std::optional<tier> find_tier(const std::string& tier_id);
@@ -380,6 +443,24 @@ public:
     std::optional<key_record> find_key_by_hash(std::string_view key_hash);
     std::vector<key_record> list_keys(std::int64_t user_id);
     simple_outcome revoke_key(std::int64_t key_id);
+
+    // --- idempotency keys of calls without a ledger-side replay ----------------
+    // (deduct and track replay by event id; users, keys and service tokens
+    // must never replay a secret.) Records (scope, key) with `fingerprint`
+    // on first sight and returns once durable.
+    enum class claim { fresh, same, conflict, storage_failed };
+    claim claim_idempotency_key(const std::string& scope, const std::string& key, const std::string& fingerprint);
+
+    // --- service tokens ------------------------------------------------------
+    // `id` and `created_at_ms` are assigned; returns once durable.
+    key_outcome create_service_token(service_token token);
+    // nullopt when absent or when the read failed (authentication fails closed).
+    std::optional<service_token> find_service_token_by_hash(std::string_view token_hash);
+
+    // --- audit ---------------------------------------------------------------
+    // Staged with the next batch; the entry's id and time are assigned.
+    simple_outcome record_audit(audit_entry entry);
+    audit_page audit_log(std::optional<std::int64_t> after_id, int limit);
 
     // --- settings (opaque bytes by name: the admin token's hash) -------------
     std::optional<std::string> setting(std::string_view name);
@@ -418,9 +499,14 @@ public:
     // nullopt for an unknown user or a failed ledger.
     std::optional<balance> get_balance(std::int64_t user_id);
     transaction_page transactions(const transaction_query& query);
+    // One committed transaction of `user_id`; nullopt when absent.
+    std::optional<transaction> find_transaction(std::int64_t user_id, std::int64_t transaction_id);
     std::int64_t open_hold_count();
     // Days are UTC `YYYY-MM-DD`, both ends included.
     usage_summary summarize_usage(std::int64_t user_id, const std::string& from_day, const std::string& to_day);
+    // The same rollups per model, per day or per month.
+    usage_breakdown break_down_usage(std::int64_t user_id, const std::string& from_day, const std::string& to_day,
+                                     usage_grouping by);
     writer_stats stats();
     // Proves SPEC section 4 against what is committed (flushes first).
     check_report check();

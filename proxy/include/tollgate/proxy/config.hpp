@@ -53,6 +53,10 @@ struct config {
     std::string litellm_key;
 
     std::vector<prefix_route> routes;
+    // metering/track's price per request of an event without a provider
+    // cost, by service: "search" and "agent" by default, each route's
+    // price, and `[service_prices]` in the file.
+    std::map<std::string, std::int64_t> service_prices;
 
     // Server limits.
     unsigned io_threads = 0;  // 0: the core count
@@ -74,6 +78,9 @@ struct config {
 
     pricing::hold_policy hold;
     std::int64_t default_rpm_limit = 600;
+    // Failed authentications one client address may make per minute on the
+    // admin API before it gets 429 (brute-force throttling).
+    std::int64_t auth_failures_per_minute = 20;
 };
 
 struct config_result {

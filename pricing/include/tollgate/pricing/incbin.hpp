@@ -1,8 +1,8 @@
 // Files embedded into the binary with the assembler's .incbin (ELF; GCC and
 // Clang), so a megabyte of data costs the compiler nothing and the program
 // needs no data files at run time. (C++26 #embed would say this portably;
-// GCC 12 lacks it.) One way to embed, used by the bundled price snapshots
-// and the tokenizer's rank files.
+// GCC 12 lacks it.) One way to embed, used by the bundled price
+// snapshots, the tokenizer's rank files and the proxy's OpenAPI document.
 #pragma once
 
 #include <cstddef>

@@ -1,0 +1,134 @@
+// The admin API's inside (SPEC 6): who is calling, the request an endpoint
+// handler gets, and the helpers every handler shares to read its input and
+// write its answer. admin.cpp holds the route table: the one place that
+// decides which role may call what.
+#pragma once
+
+#include "exchange.hpp"
+
+#include <array>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tollgate::proxy::admin {
+
+enum class role : std::uint8_t { none, admin, user, service };
+
+struct principal {
+    role who = role::none;
+    std::int64_t user_id = 0;   // role::user
+    std::int64_t key_id = 0;    // role::user: their key; role::service: the token's id
+    std::string scopes;         // role::service, space-separated
+    // "admin", "user:<id>", "service:<id>": the audit log's actor and the
+    // scope of Idempotency-Keys.
+    std::string name() const;
+};
+
+// One call of an endpoint.
+struct call {
+    exchange& x;
+    const principal& p;
+    std::string_view target;  // path and query
+    std::string_view path_id;  // the `{id}` segment, if the route has one
+    std::string idempotency_key;  // the header, validated; empty when absent
+    std::string audit_target;     // set by a handler: "user:12", "key:3"
+};
+
+// --- input -------------------------------------------------------------------
+
+// A query parameter's raw value ("" when absent or empty).
+std::string query_param(std::string_view target, std::string_view name);
+
+// The JSON body's top-level members, read once. Each getter records the
+// first problem (missing, wrong type, out of range) with the field it
+// concerns; `failed()` then answers 400 with that `param`. Unknown members
+// are ignored (SPEC 6).
+class body {
+public:
+    explicit body(const std::string& text);
+    std::optional<std::string> text(std::string_view name, bool required, std::size_t max_size = 4096);
+    std::optional<std::int64_t> integer(std::string_view name, bool required, std::int64_t min, std::int64_t max);
+    // An array of strings (at most 16 of at most 64 bytes).
+    std::optional<std::vector<std::string>> string_list(std::string_view name, bool required);
+    // An RFC 3339 time or a YYYY-MM-DD day (midnight UTC), as Unix ms.
+    std::optional<std::int64_t> time(std::string_view name, bool required);
+    // A problem found by the caller itself, reported the same way.
+    void refuse(std::string_view param, std::string message);
+    bool failed() const { return !message_.empty(); }
+    net::awaitable<void> answer_refusal(exchange& x) const;
+
+private:
+    struct member {
+        enum class kind : std::uint8_t { string, integer, number, boolean, null, strings, other } type;
+        std::string string;
+        std::int64_t integer = 0;
+        std::vector<std::string> strings;
+    };
+    bool parse(const std::string& text);
+    const member* find(std::string_view name, bool required);
+    std::map<std::string, member, std::less<>> members_;
+    std::string code_;
+    std::string param_;
+    std::string message_;
+};
+
+// RFC 3339 (`2026-11-24T10:00:00Z`, `…+02:00`, fractions) or `YYYY-MM-DD`.
+std::optional<std::int64_t> parse_time(std::string_view text);
+std::string rfc3339(std::int64_t ms);
+std::string day_of(std::int64_t ms);  // YYYY-MM-DD, UTC
+
+// The user an endpoint acts on: an admin names one (`user_id` in the query,
+// or `body_user_id` when the body named it), a user is themselves and may
+// name nobody else (403). On nullopt the answer has been sent.
+net::awaitable<std::optional<std::int64_t>> subject(call& c, std::optional<std::int64_t> body_user_id = {});
+
+// The two ends of a time window, in the order they are read. (Outside the
+// coroutines: GCC 12 cannot keep a braced list's array in a coroutine frame.)
+inline constexpr std::array<std::string_view, 2> window_ends{"from", "to"};
+
+// A `limit` and `cursor` pair; on nullopt the answer has been sent.
+struct page_request {
+    int limit = 50;
+    std::optional<std::int64_t> after_id;
+};
+net::awaitable<std::optional<page_request>> read_page(call& c);
+
+// --- output ------------------------------------------------------------------
+
+std::string json_int_or_null(const std::optional<std::int64_t>& v);
+std::string transaction_json(const ledger::transaction& t);
+net::awaitable<void> answer_json(call& c, unsigned status, std::string body);
+// A ledger refusal as the API's error (404 user_not_found, 402, 409, ...).
+net::awaitable<void> answer_ledger_error(call& c, ledger::result code, std::string_view param = {});
+
+// proxy/openapi.json, embedded (openapi.cpp).
+std::string_view openapi_json();
+
+// --- handlers, one per endpoint (admin_accounts.cpp, admin_credits.cpp,
+// admin_metering.cpp) ---------------------------------------------------------
+net::awaitable<void> create_user(call& c);
+net::awaitable<void> list_users(call& c);
+net::awaitable<void> get_user(call& c);
+net::awaitable<void> patch_user(call& c);
+net::awaitable<void> create_key(call& c);
+net::awaitable<void> list_keys(call& c);
+net::awaitable<void> revoke_key(call& c);
+net::awaitable<void> create_service_token(call& c);
+net::awaitable<void> balance(call& c);
+net::awaitable<void> balance_stream(call& c);
+net::awaitable<void> allocate(call& c);
+net::awaitable<void> transactions(call& c);
+net::awaitable<void> deduct(call& c);
+net::awaitable<void> refund(call& c);
+net::awaitable<void> track(call& c);
+net::awaitable<void> usage_summary(call& c);
+net::awaitable<void> usage_by_model(call& c);
+net::awaitable<void> usage_by_date(call& c);
+net::awaitable<void> free_tier(call& c);
+net::awaitable<void> compare_tiers(call& c);
+net::awaitable<void> audit_log(call& c);
+
+}  // namespace tollgate::proxy::admin

@@ -4,10 +4,9 @@
 // decides which role may call what.
 #pragma once
 
+#include "admin_input.hpp"
 #include "exchange.hpp"
 
-#include <array>
-#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -39,55 +38,14 @@ struct call {
 
 // --- input -------------------------------------------------------------------
 
-// A query parameter's raw value ("" when absent or empty).
-std::string query_param(std::string_view target, std::string_view name);
-
-// The JSON body's top-level members, read once. Each getter records the
-// first problem (missing, wrong type, out of range) with the field it
-// concerns; `failed()` then answers 400 with that `param`. Unknown members
-// are ignored (SPEC 6).
-class body {
-public:
-    explicit body(const std::string& text);
-    std::optional<std::string> text(std::string_view name, bool required, std::size_t max_size = 4096);
-    std::optional<std::int64_t> integer(std::string_view name, bool required, std::int64_t min, std::int64_t max);
-    // An array of strings (at most 16 of at most 64 bytes).
-    std::optional<std::vector<std::string>> string_list(std::string_view name, bool required);
-    // An RFC 3339 time or a YYYY-MM-DD day (midnight UTC), as Unix ms.
-    std::optional<std::int64_t> time(std::string_view name, bool required);
-    // A problem found by the caller itself, reported the same way.
-    void refuse(std::string_view param, std::string message);
-    bool failed() const { return !message_.empty(); }
-    net::awaitable<void> answer_refusal(exchange& x) const;
-
-private:
-    struct member {
-        enum class kind : std::uint8_t { string, integer, number, boolean, null, strings, other } type;
-        std::string string;
-        std::int64_t integer = 0;
-        std::vector<std::string> strings;
-    };
-    bool parse(const std::string& text);
-    const member* find(std::string_view name, bool required);
-    std::map<std::string, member, std::less<>> members_;
-    std::string code_;
-    std::string param_;
-    std::string message_;
-};
-
-// RFC 3339 (`2026-11-24T10:00:00Z`, `…+02:00`, fractions) or `YYYY-MM-DD`.
-std::optional<std::int64_t> parse_time(std::string_view text);
-std::string rfc3339(std::int64_t ms);
-std::string day_of(std::int64_t ms);  // YYYY-MM-DD, UTC
+// Reading the request: admin_input.hpp.
+// A refusal `b.failed()` recorded, answered as 400 with its `param`.
+net::awaitable<void> answer_refusal(exchange& x, const body& b);
 
 // The user an endpoint acts on: an admin names one (`user_id` in the query,
 // or `body_user_id` when the body named it), a user is themselves and may
 // name nobody else (403). On nullopt the answer has been sent.
 net::awaitable<std::optional<std::int64_t>> subject(call& c, std::optional<std::int64_t> body_user_id = {});
-
-// The two ends of a time window, in the order they are read. (Outside the
-// coroutines: GCC 12 cannot keep a braced list's array in a coroutine frame.)
-inline constexpr std::array<std::string_view, 2> window_ends{"from", "to"};
 
 // A `limit` and `cursor` pair; on nullopt the answer has been sent.
 struct page_request {
@@ -103,6 +61,17 @@ std::string transaction_json(const ledger::transaction& t);
 net::awaitable<void> answer_json(call& c, unsigned status, std::string body);
 // A ledger refusal as the API's error (404 user_not_found, 402, 409, ...).
 net::awaitable<void> answer_ledger_error(call& c, ledger::result code, std::string_view param = {});
+
+// The route table as text, for the test that holds it against
+// proxy/openapi.json: "POST /api/v1/users" and who may call it ("admin",
+// "user", "service", "service:meter", "service:billing", or "anyone": no
+// credentials needed).
+struct operation {
+    std::string method;
+    std::string path;
+    std::vector<std::string> roles;
+};
+std::vector<operation> operations();
 
 // proxy/openapi.json, embedded (openapi.cpp).
 std::string_view openapi_json();

@@ -75,7 +75,7 @@ awaitable<void> create_user(call& c) {
     if (email && (email->find('@') == std::string::npos || email->find_first_of("\r\n") != std::string::npos)) {
         b.refuse("email", "'email' must be an email address");
     }
-    if (b.failed()) co_return co_await b.answer_refusal(c.x);
+    if (b.failed()) co_return co_await answer_refusal(c.x, b);
     ledger::new_user nu;
     nu.email = *email;
     nu.name = name.value_or("");
@@ -135,7 +135,7 @@ awaitable<void> patch_user(call& c) {
         b.refuse("status", "'status' must be active, suspended or deleted");
     }
     if (tier && !c.x.a.ledger.find_tier(*tier)) b.refuse("tier", fmt::format("No tier '{}'", *tier));
-    if (b.failed()) co_return co_await b.answer_refusal(c.x);
+    if (b.failed()) co_return co_await answer_refusal(c.x, b);
     auto& l = c.x.a.ledger;
     ledger::commit_seq seq = 0;
     if (tier) {
@@ -168,7 +168,7 @@ awaitable<void> create_key(call& c) {
     const auto user_id = b.integer("user_id", false, 1, std::numeric_limits<std::int64_t>::max());
     const auto name = b.text("name", false, 256);
     const auto rpm = b.integer("rpm_limit", false, 1, 1'000'000'000);
-    if (b.failed()) co_return co_await b.answer_refusal(c.x);
+    if (b.failed()) co_return co_await answer_refusal(c.x, b);
     const auto user = co_await subject(c, user_id);
     if (!user) co_return;
     ledger::key_outcome key;
@@ -236,7 +236,7 @@ awaitable<void> create_service_token(call& c) {
         }
         if (scopes->empty()) b.refuse("scopes", "'scopes' must name at least one of \"meter\" and \"billing\"");
     }
-    if (b.failed()) co_return co_await b.answer_refusal(c.x);
+    if (b.failed()) co_return co_await answer_refusal(c.x, b);
     const auto secret = secrets::generate("tgs_");
     const auto out = c.x.a.ledger.create_service_token({.id = 0,
                                                         .token_hash = c.x.a.keys_secret.hash(secret),

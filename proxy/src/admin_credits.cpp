@@ -127,7 +127,7 @@ awaitable<void> allocate(call& c) {
         kind = ledger::parse_grant_kind(*kind_text);
         if (!kind) b.refuse("kind", "'kind' must be refund, bonus, allocated or purchased");
     }
-    if (b.failed()) co_return co_await b.answer_refusal(c.x);
+    if (b.failed()) co_return co_await answer_refusal(c.x, b);
     const auto user = co_await subject(c, user_id);
     if (!user) co_return;
     ledger::grant_request g;
@@ -201,7 +201,7 @@ awaitable<void> deduct(call& c) {
     const auto reason = b.text("reason", false);
     const auto event_id = b.text("event_id", true, 255);
     if (event_id && event_id->empty()) b.refuse("event_id", "'event_id' must not be empty");
-    if (b.failed()) co_return co_await b.answer_refusal(c.x);
+    if (b.failed()) co_return co_await answer_refusal(c.x, b);
     const auto user = co_await subject(c, user_id);
     if (!user) co_return;
     ledger::deduct_request r;
@@ -227,7 +227,7 @@ awaitable<void> refund(call& c) {
     if (!b.failed() && transaction_id.has_value() == usage_event_id.has_value()) {
         b.refuse("transaction_id", "Name the charge by exactly one of 'transaction_id' and 'usage_event_id'");
     }
-    if (b.failed()) co_return co_await b.answer_refusal(c.x);
+    if (b.failed()) co_return co_await answer_refusal(c.x, b);
     const auto user = co_await subject(c, user_id);
     if (!user) co_return;
     ledger::refund_request r;

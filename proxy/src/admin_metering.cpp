@@ -122,7 +122,7 @@ awaitable<void> track(call& c) {
         b.refuse("provider_cost_micros",
                  fmt::format("No price is configured for service '{}': send 'provider_cost_micros'", *service));
     }
-    if (b.failed()) co_return co_await b.answer_refusal(c.x);
+    if (b.failed()) co_return co_await answer_refusal(c.x, b);
     const auto user = co_await subject(c, user_id);
     if (!user) co_return;
     const auto sub = c.x.a.ledger.find_subscription(*user);

@@ -145,3 +145,57 @@ TEST_CASE("many users: concurrent reserve, settle, grants and reads stay consist
     }
     require_ledger_ok(*l);
 }
+
+TEST_CASE("concurrent replays: one grant per idempotency key, one event per event id, one claim per key",
+          "[ledger][concurrency]") {
+    temp_dir dir;
+    manual_clock clock;
+    auto l = open_ledger(dir.file("t.db"), clock);
+    const auto user = l->create_user({.email = "replay@example.com", .tier = "free"}).user_id;  // $10
+    constexpr int threads = 8;
+    constexpr int keys = 20;
+    std::vector<std::vector<ledger::grant_outcome>> grants(threads);
+    std::vector<std::vector<ledger::charge_outcome>> deducts(threads);
+    std::vector<std::vector<ledger::ledger::claim>> claims(threads);
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t) {
+        workers.emplace_back([&, t] {
+            for (int k = 0; k < keys; ++k) {
+                grants[t].push_back(l->grant({.user_id = user,
+                                              .kind = ledger::grant_kind::purchased,
+                                              .amount_micros = 1'000 + k,
+                                              .idempotency_key = fmt::format("admin grant-{}", k)}));
+                deducts[t].push_back(l->deduct({.user_id = user, .amount_micros = 10, .event_id = fmt::format("ev-{}", k)}));
+                claims[t].push_back(l->claim_idempotency_key("service:1", fmt::format("k-{}", k), "same body"));
+            }
+        });
+    }
+    for (auto& w : workers) w.join();
+    for (int k = 0; k < keys; ++k) {
+        int fresh_grants = 0, fresh_deducts = 0, fresh_claims = 0;
+        for (int t = 0; t < threads; ++t) {
+            const auto& g = grants[t][static_cast<std::size_t>(k)];
+            const auto& d = deducts[t][static_cast<std::size_t>(k)];
+            REQUIRE(g.code == result::ok);
+            REQUIRE(d.code == result::ok);
+            fresh_grants += !g.replayed;
+            fresh_deducts += !d.replayed;
+            fresh_claims += claims[t][static_cast<std::size_t>(k)] == ledger::ledger::claim::fresh;
+            CHECK(claims[t][static_cast<std::size_t>(k)] != ledger::ledger::claim::conflict);
+            // Every replay answers what the first call did.
+            CHECK(g.transaction_id == grants[0][static_cast<std::size_t>(k)].transaction_id);
+            CHECK(g.balance_micros == grants[0][static_cast<std::size_t>(k)].balance_micros);
+            CHECK(d.usage_event_id == deducts[0][static_cast<std::size_t>(k)].usage_event_id);
+        }
+        CHECK(fresh_grants == 1);
+        CHECK(fresh_deducts == 1);
+        CHECK(fresh_claims == 1);
+    }
+    // $10 of monthly credits + one of each grant - one of each deduct.
+    std::int64_t expected = 10'000'000;
+    for (int k = 0; k < keys; ++k) expected += 1'000 + k - 10;
+    const auto b = l->get_balance(user);
+    REQUIRE(b);
+    CHECK(b->balance_micros == expected);
+    require_ledger_ok(*l);
+}

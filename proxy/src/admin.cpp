@@ -145,6 +145,33 @@ awaitable<void> answer_ledger_error(call& c, ledger::result code, std::string_vi
     }
 }
 
+awaitable<bool> claim_idempotency_key(call& c) {
+    if (c.idempotency_key.empty() || (c.idem != idempotency::required && c.idem != idempotency::secret)) {
+        co_return true;
+    }
+    auto& x = c.x;
+    // The request as the caller sent it, hashed: bodies of any size compare
+    // in 64 hex characters, and the database never holds a body.
+    const auto digest = x.a.keys_secret.hash(fmt::format("{} {}\n{}", std::string(x.req.method_string()),
+                                                         std::string(c.target), x.req.body()));
+    std::string fingerprint;
+    for (const unsigned char byte : digest) fingerprint += fmt::format("{:02x}", byte);
+    const auto claimed = x.a.ledger.claim_idempotency_key(c.p.name(), c.idempotency_key, fingerprint);
+    if (claimed == ledger::ledger::claim::storage_failed) {
+        co_await reply_error(x, 500, "storage_failed", "The Idempotency-Key could not be recorded");
+        co_return false;
+    }
+    const bool secret = c.idem == idempotency::secret;
+    if (claimed == ledger::ledger::claim::conflict || (claimed == ledger::ledger::claim::same && secret)) {
+        co_await reply_error(x, 409, "idempotency_conflict",
+                             secret ? "This Idempotency-Key was used before; a secret is never sent twice"
+                                    : "This Idempotency-Key was used with a different request",
+                             "Idempotency-Key");
+        co_return false;
+    }
+    co_return true;
+}
+
 // --- the route table -----------------------------------------------------------
 
 namespace {
@@ -157,14 +184,6 @@ enum allowed : unsigned {
     by_billing = 8,  // a service token with scope `billing`
     by_service = 16, // any service token
     by_anyone = 32,  // no credentials needed
-};
-
-// What an Idempotency-Key means on a route (SPEC 4.3).
-enum class idempotency : std::uint8_t {
-    ignored,
-    replayed,  // the handler passes the scoped key to the ledger, which replays the first answer
-    required,  // also required; the event id replays, a key seen with another body is a conflict
-    secret,    // never replayed: a repeated key is a conflict
 };
 
 struct route {
@@ -354,7 +373,7 @@ awaitable<void> admin_call(exchange& x) {
         }
     }
 
-    call c{x, p, target, id, {}, {}};
+    call c{x, p, target, id, found->idem, {}, {}};
     if (const auto header = x.req.find("idempotency-key"); header != x.req.end()) {
         c.idempotency_key = std::string(header->value());
         if (found->idem != idempotency::ignored && !valid_idempotency_key(c.idempotency_key)) {
@@ -368,26 +387,6 @@ awaitable<void> admin_call(exchange& x) {
                              "Idempotency-Key");
         co_return;
     }
-    if ((found->idem == idempotency::required || found->idem == idempotency::secret) && !c.idempotency_key.empty()) {
-        const auto fingerprint = fmt::format("{} {}\n{}", std::string(x.req.method_string()), std::string(target),
-                                             x.req.body());
-        const auto claimed = x.a.ledger.claim_idempotency_key(p.name(), c.idempotency_key, fingerprint);
-        const bool conflict = claimed == ledger::ledger::claim::conflict ||
-                              (claimed == ledger::ledger::claim::same && found->idem == idempotency::secret);
-        if (claimed == ledger::ledger::claim::storage_failed) {
-            co_await reply_error(x, 500, "storage_failed", "The Idempotency-Key could not be recorded");
-            co_return;
-        }
-        if (conflict) {
-            co_await reply_error(x, 409, "idempotency_conflict",
-                                 found->idem == idempotency::secret
-                                     ? "This Idempotency-Key was used before; a secret is never sent twice"
-                                     : "This Idempotency-Key was used with a different request",
-                                 "Idempotency-Key");
-            co_return;
-        }
-    }
-
     co_await found->handler(c);
 
     // Every change is audit-logged, refused or not: who, what, when, from where.

@@ -26,12 +26,21 @@ struct principal {
     std::string name() const;
 };
 
+// What an Idempotency-Key means on a route (SPEC 4.3).
+enum class idempotency : std::uint8_t {
+    ignored,
+    replayed,  // the handler passes the scoped key to the ledger, which replays the first answer
+    required,  // required; claimed once the body is valid: the event id replays, another body conflicts
+    secret,    // claimed once the body is valid, never replayed: a repeated key is a conflict
+};
+
 // One call of an endpoint.
 struct call {
     exchange& x;
     const principal& p;
     std::string_view target;  // path and query
     std::string_view path_id;  // the `{id}` segment, if the route has one
+    idempotency idem;
     std::string idempotency_key;  // the header, validated; empty when absent
     std::string audit_target;     // set by a handler: "user:12", "key:3"
 };
@@ -53,6 +62,12 @@ struct page_request {
     std::optional<std::int64_t> after_id;
 };
 net::awaitable<std::optional<page_request>> read_page(call& c);
+
+// For `required` and `secret` routes, called once the request is found
+// valid (a refused request does not use up its key): records the key, or
+// answers 409 when it was used before with another request (`secret`: at
+// all). True when the call may go on.
+net::awaitable<bool> claim_idempotency_key(call& c);
 
 // --- output ------------------------------------------------------------------
 

@@ -76,6 +76,7 @@ awaitable<void> create_user(call& c) {
         b.refuse("email", "'email' must be an email address");
     }
     if (b.failed()) co_return co_await answer_refusal(c.x, b);
+    if (!co_await claim_idempotency_key(c)) co_return;
     ledger::new_user nu;
     nu.email = *email;
     nu.name = name.value_or("");
@@ -171,6 +172,7 @@ awaitable<void> create_key(call& c) {
     if (b.failed()) co_return co_await answer_refusal(c.x, b);
     const auto user = co_await subject(c, user_id);
     if (!user) co_return;
+    if (!co_await claim_idempotency_key(c)) co_return;
     ledger::key_outcome key;
     const auto secret = issue_key(c.x.a, *user, name.value_or(""), rpm.value_or(c.x.a.settings.default_rpm_limit), key);
     if (secret.empty()) co_return co_await answer_ledger_error(c, key.code);
@@ -237,6 +239,7 @@ awaitable<void> create_service_token(call& c) {
         if (scopes->empty()) b.refuse("scopes", "'scopes' must name at least one of \"meter\" and \"billing\"");
     }
     if (b.failed()) co_return co_await answer_refusal(c.x, b);
+    if (!co_await claim_idempotency_key(c)) co_return;
     const auto secret = secrets::generate("tgs_");
     const auto out = c.x.a.ledger.create_service_token({.id = 0,
                                                         .token_hash = c.x.a.keys_secret.hash(secret),

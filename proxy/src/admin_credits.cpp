@@ -204,6 +204,7 @@ awaitable<void> deduct(call& c) {
     if (b.failed()) co_return co_await answer_refusal(c.x, b);
     const auto user = co_await subject(c, user_id);
     if (!user) co_return;
+    if (!co_await claim_idempotency_key(c)) co_return;
     ledger::deduct_request r;
     r.user_id = *user;
     r.amount_micros = *amount;

@@ -158,6 +158,7 @@ awaitable<void> track(call& c) {
         e.provider_cost_micros = charged;
         e.price_source = "fixed";
     }
+    if (!co_await claim_idempotency_key(c)) co_return;
     ledger::deduct_request r;
     r.user_id = *user;
     r.amount_micros = charged;

@@ -387,3 +387,7 @@ export function assertOpenAIError(r, status, code, what) {
   assert.equal(e.code, code, `${what}: expected error.code ${code}, got ${JSON.stringify(e.code)} (${r.text})`);
   assert.ok(r.headers.get('x-request-id'), `${what}: expected an x-request-id header on the error answer`);
 }
+
+// `require` for the other pinned npm packages of package.json (ajv,
+// ajv-formats), from the same node_modules as openai.
+export const e2eRequire = createRequire(join(NODE_MODULES, 'noop.js'));

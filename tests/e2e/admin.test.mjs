@@ -1,0 +1,1025 @@
+// The admin API (SPEC §6, §4.3) against its own OpenAPI document: every
+// operation of GET /api/v1/openapi.json called with every role, every
+// answer validated (ajv, JSON Schema 2020-12) against the schema the
+// document gives for its status; input validation, Idempotency-Keys,
+// cursor pages under concurrent inserts, the audit log, hostile input,
+// brute-force throttling and the balance event stream.
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { randomBytes } from 'node:crypto';
+import {
+  startStack, httpFetch, ADMIN_TOKEN, assertLedgerOk, sseData, e2eRequire,
+} from './harness.mjs';
+
+const Ajv2020 = e2eRequire('ajv/dist/2020.js').default;
+const addFormats = e2eRequire('ajv-formats').default;
+
+const API = '/api/v1';
+const MAX_AMOUNT = 1_000_000_000_000_000; // 10^15 micros
+// The main stack must not throttle the roles table's many 401s (the
+// brute-force case starts its own stack with a low limit).
+const CONFIG = `
+[server]
+auth_failures_per_minute = 100000
+`;
+const WRONG_TOKEN = `tg_${randomBytes(32).toString('base64url')}`;
+
+let stack;
+let doc; // the document the server serves
+let schemaOf; // (method, path, status) → {what, json or sse}: the validator of that answer's schema
+
+before(async () => {
+  stack = await startStack({ config: CONFIG });
+  const res = await httpFetch(`${stack.url}${API}/openapi.json`);
+  const text = await res.text();
+  assert.equal(res.status, 200, `GET ${API}/openapi.json: expected 200, got ${res.status}: ${text.slice(0, 500)}`);
+  doc = JSON.parse(text);
+  schemaOf = documentValidators(doc);
+});
+after(async () => {
+  await stack?.stop();
+});
+
+// ---------------------------------------------------------------- the document as validators
+
+// JSON pointer inside the document ("#/components/responses/Error").
+function pointer(document, ref) {
+  assert.ok(ref.startsWith('#/'), `openapi.json: only local $refs are expected, got ${ref}`);
+  return ref.slice(2).split('/').reduce((o, k) => o?.[k.replace(/~1/g, '/').replace(/~0/g, '~')], document);
+}
+
+function documentValidators(document) {
+  assert.equal(document.openapi, '3.1.0', 'openapi.json: expected "openapi": "3.1.0"');
+  assert.deepEqual(document.servers, [{ url: API }], `openapi.json: expected servers [{url: "${API}"}]`);
+  const ajv = new Ajv2020({ strict: false, allErrors: true });
+  addFormats(ajv);
+  // The component schemas become the $defs of one registered schema; every
+  // "#/components/schemas/X" then points there absolutely.
+  const ID = 'https://tollgate.invalid/openapi/schemas';
+  const rewrite = (v) => JSON.parse(JSON.stringify(v), (k, x) =>
+    (k === '$ref' && typeof x === 'string' && x.startsWith('#/components/schemas/') ? `${ID}#/$defs/${x.slice('#/components/schemas/'.length)}` : x));
+  ajv.addSchema({ $id: ID, $defs: rewrite(document.components?.schemas ?? {}) });
+  const compiled = new Map();
+  const compile = (schema) => {
+    const key = JSON.stringify(schema);
+    if (!compiled.has(key)) compiled.set(key, ajv.compile(rewrite(schema)));
+    return compiled.get(key);
+  };
+  const deref = (o) => (o && typeof o.$ref === 'string' ? deref(pointer(document, o.$ref)) : o);
+  const templates = Object.keys(document.paths).map((t) => ({
+    template: t,
+    re: new RegExp(`^${t.replace(/[.*+?^$()|[\]\\]/g, '\\$&').replace(/\{[^}]+\}/g, '[^/]+')}$`),
+  }));
+  return (method, path, status) => {
+    const bare = path.split('?')[0];
+    const found = templates.find((t) => t.re.test(bare));
+    assert.ok(found, `openapi.json has no path for ${bare}`);
+    const op = document.paths[found.template][method.toLowerCase()];
+    assert.ok(op, `openapi.json has no ${method} ${found.template}`);
+    const listed = op.responses[String(status)];
+    const response = deref(listed ?? op.responses.default);
+    assert.ok(response, `openapi.json: ${method} ${found.template} lists neither ${status} nor default`);
+    const what = `${method} ${found.template} → ${listed ? status : 'default'}`;
+    const content = response.content ?? {};
+    if (content['application/json']) return { what, json: compile(content['application/json'].schema) };
+    if (content['text/event-stream']) {
+      const data = content['text/event-stream']['x-event-data'] ?? { $ref: '#/components/schemas/Balance' };
+      return { what, sse: compile(data) };
+    }
+    assert.fail(`openapi.json: ${what} has no application/json or text/event-stream content`);
+  };
+}
+
+const ajvErrors = (errors) => (errors ?? [])
+  .map((x) => `${x.instancePath || '/'} ${x.message}${x.params?.additionalProperty ? ` (${x.params.additionalProperty})` : ''}`)
+  .join('; ');
+
+function assertMatchesDocument(method, path, r, what) {
+  const { what: where, json, sse } = schemaOf(method, path, r.status);
+  if (sse) {
+    assert.match(r.headers.get('content-type') ?? '', /^text\/event-stream/, `${what}: expected content-type text/event-stream`);
+    assert.ok(r.events?.length > 0, `${what}: expected at least one event in the stream, got ${JSON.stringify(r.text)}`);
+    for (const e of r.events) {
+      assert.equal(e.event, 'balance', `${what}: expected "event: balance", got ${JSON.stringify(e)}`);
+      if (!sse(e.data)) assert.fail(`${what}: the event's data does not match ${where}'s event schema: ${ajvErrors(sse.errors)}\n${JSON.stringify(e.data)}`);
+    }
+    return;
+  }
+  assert.match(r.headers.get('content-type') ?? '', /^application\/json/, `${what}: expected content-type application/json, got ${r.headers.get('content-type')} (${r.text.slice(0, 300)})`);
+  assert.ok(r.json !== undefined, `${what}: the body is not JSON: ${r.text.slice(0, 300)}`);
+  if (!json(r.json)) assert.fail(`${what}: the ${r.status} body does not match the schema of ${where}: ${ajvErrors(json.errors)}\nbody: ${r.text.slice(0, 1500)}`);
+}
+
+// ---------------------------------------------------------------- calls
+
+// One admin API call; `token` null sends no Authorization. `raw` is body
+// text sent as is. The answer is checked against the document.
+async function api(method, path, { token = ADMIN_TOKEN, body, raw, headers = {}, check = true } = {}) {
+  const h = { ...headers };
+  if (token !== null) h.authorization = `Bearer ${token}`;
+  let payload;
+  if (raw !== undefined) payload = raw;
+  else if (body !== undefined) payload = JSON.stringify(body);
+  if (payload !== undefined) h['content-type'] = 'application/json';
+  const res = await httpFetch(`${stack.url}${API}${path}`, { method, headers: h, body: payload });
+  const text = await res.text();
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  const r = { method, path, status: res.status, headers: res.headers, text, json };
+  if (check) assertMatchesDocument(method, path, r, `${method} ${path}`);
+  return r;
+}
+
+// Asserts the status (and, for errors, error.code / error.param).
+function expectStatus(r, status, { code, param, what } = {}) {
+  const label = what ?? `${r.method} ${r.path}`;
+  assert.equal(r.status, status, `${label}: expected ${status}${code ? ` ${code}` : ''}${param ? ` (param ${param})` : ''}, got ${r.status}: ${r.text.slice(0, 500)}`);
+  if (code !== undefined) assert.equal(r.json?.error?.code, code, `${label}: expected error.code ${code}, got ${r.text.slice(0, 500)}`);
+  if (param !== undefined) assert.equal(r.json?.error?.param, param, `${label}: expected error.param ${JSON.stringify(param)}, got ${r.text.slice(0, 500)}`);
+  return r;
+}
+
+// GET of an event stream: the status, and for a 200 the events that arrive
+// until `until(events)` holds (default: the first one), then the fetch is
+// aborted. Errors are read as JSON.
+async function openStream(path, token, { timeoutMs = 10_000 } = {}) {
+  const controller = new AbortController();
+  const res = await httpFetch(`${stack.url}${API}${path}`, {
+    headers: token === null ? {} : { authorization: `Bearer ${token}` },
+    signal: controller.signal,
+  });
+  const stream = { method: 'GET', path, status: res.status, headers: res.headers, text: '', events: [], json: undefined };
+  if (res.status !== 200 || !/^text\/event-stream/.test(res.headers.get('content-type') ?? '')) {
+    stream.text = await res.text();
+    try {
+      stream.json = JSON.parse(stream.text);
+    } catch {
+      stream.json = undefined;
+    }
+    return { stream, close() {}, async until() { return stream; } };
+  }
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = '';
+  const parse = () => {
+    for (;;) {
+      const m = /\r?\n\r?\n/.exec(buffer);
+      if (!m) return;
+      const block = buffer.slice(0, m.index);
+      buffer = buffer.slice(m.index + m[0].length);
+      const lines = block.split(/\r?\n/);
+      const event = lines.find((l) => l.startsWith('event:'))?.slice(6).trim() ?? 'message';
+      const data = sseData(`${block}\n\n`);
+      if (data.length === 0) continue; // a comment (keep-alive)
+      let parsed;
+      try {
+        parsed = JSON.parse(data[0]);
+      } catch {
+        parsed = data[0];
+      }
+      stream.events.push({ event, data: parsed });
+    }
+  };
+  return {
+    stream,
+    close() {
+      controller.abort();
+    },
+    async until(done = (events) => events.length > 0) {
+      const deadline = Date.now() + timeoutMs;
+      while (!done(stream.events)) {
+        const left = deadline - Date.now();
+        if (left <= 0) return stream;
+        let timer;
+        const chunk = await Promise.race([
+          reader.read(),
+          new Promise((resolve) => {
+            timer = setTimeout(() => resolve({ timeout: true }), left);
+          }),
+        ]);
+        clearTimeout(timer);
+        if (chunk.timeout) return stream;
+        if (chunk.done) return stream;
+        const text = decoder.decode(chunk.value, { stream: true });
+        stream.text += text;
+        buffer += text;
+        parse();
+      }
+      return stream;
+    },
+  };
+}
+
+let counter = 0;
+const unique = (what) => `${what}-${process.pid}-${Date.now()}-${++counter}`;
+
+async function newUser(tier = 'starter', extra = {}) {
+  const r = expectStatus(await api('POST', '/users', { body: { email: `${unique('admin-e2e')}@example.com`, tier, ...extra } }), 201);
+  return { id: r.json.user.id, apiKey: r.json.api_key, json: r.json };
+}
+
+async function serviceToken(scopes) {
+  const r = expectStatus(await api('POST', '/service-tokens', { body: { name: unique(`e2e ${scopes.join('+')}`), scopes } }), 201);
+  assert.deepEqual(r.json.scopes, scopes, `POST /service-tokens: expected scopes ${JSON.stringify(scopes)}, got ${r.text}`);
+  return r.json.token;
+}
+
+async function balanceOf(userId) {
+  return expectStatus(await api('GET', `/credits/balance?user_id=${userId}`), 200).json;
+}
+
+async function allTransactions(userId) {
+  const all = [];
+  let cursor = null;
+  for (let page = 0; page < 100; page++) {
+    const r = expectStatus(await api('GET', `/credits/transactions?user_id=${userId}&limit=200${cursor === null ? '' : `&cursor=${cursor}`}`), 200);
+    all.push(...r.json.data);
+    cursor = r.json.next_cursor;
+    if (cursor === null) return all;
+  }
+  throw new Error('more than 100 pages of transactions');
+}
+
+async function ledgerOk(when) {
+  assertLedgerOk(await stack.checkLedger(), when);
+}
+
+const day = (offsetDays) => new Date(Date.now() + offsetDays * 86_400_000).toISOString().slice(0, 10);
+
+// ---------------------------------------------------------------- a. roles
+
+// One row per operation of openapi.json: the expected status for each
+// caller. none/wrong: no Authorization / a bearer that is nobody's;
+// user: the subject user's own key; other: another user's key naming the
+// subject's user_id (or acting on the subject's data); meter/billing:
+// service tokens with that one scope.
+const COLUMNS = ['none', 'wrong', 'admin', 'user', 'other', 'meter', 'billing'];
+const ROLES_TABLE = [
+  // method    path                        none wrong admin user other meter billing
+  ['POST',   '/users',                     401, 401, 201, 403, 403, 403, 403],
+  ['GET',    '/users',                     401, 401, 200, 403, 403, 403, 403],
+  ['GET',    '/users/{id}',                401, 401, 200, 403, 403, 403, 403],
+  ['PATCH',  '/users/{id}',                401, 401, 200, 403, 403, 403, 403],
+  ['POST',   '/keys',                      401, 401, 201, 201, 403, 403, 403],
+  ['GET',    '/keys',                      401, 401, 200, 200, 403, 403, 403],
+  // Another user's key id is "not found" to a user (it names no user_id).
+  ['DELETE', '/keys/{id}',                 401, 401, 200, 200, 404, 403, 403],
+  ['POST',   '/service-tokens',            401, 401, 201, 403, 403, 403, 403],
+  ['GET',    '/credits/balance',           401, 401, 200, 200, 403, 403, 403],
+  ['GET',    '/credits/balance/stream',    401, 401, 200, 200, 403, 403, 403],
+  ['POST',   '/credits/allocate',          401, 401, 201, 403, 403, 403, 403],
+  ['GET',    '/credits/transactions',      401, 401, 200, 200, 403, 403, 403],
+  ['POST',   '/credits/deduct',            401, 401, 201, 403, 403, 201, 403],
+  ['POST',   '/credits/refund',            401, 401, 201, 403, 403, 403, 403],
+  ['POST',   '/metering/track',            401, 401, 201, 403, 403, 201, 403],
+  ['GET',    '/metering/summary',          401, 401, 200, 200, 403, 403, 403],
+  ['GET',    '/metering/by-model',         401, 401, 200, 200, 403, 403, 403],
+  ['GET',    '/metering/by-date',          401, 401, 200, 200, 403, 403, 403],
+  ['GET',    '/metering/free-tier',        401, 401, 200, 200, 403, 403, 403],
+  // Any key: "other" names no user here, it is just another user.
+  ['GET',    '/tiers/compare',             401, 401, 200, 200, 200, 200, 200],
+  ['GET',    '/audit',                     401, 401, 200, 403, 403, 403, 403],
+  ['GET',    '/openapi.json',              200, 200, 200, 200, 200, 200, 200],
+];
+
+// The request each row makes for a role: {path, body?, headers?}. `ctx`
+// holds the subject, the other user, a victim key and a usage event.
+function rolesRequest(method, template, role, ctx) {
+  const s = ctx.subject.id;
+  const window = `user_id=${s}&from=${day(-1)}&to=${day(1)}`;
+  const idem = () => ({ 'Idempotency-Key': unique('roles') });
+  switch (`${method} ${template}`) {
+    case 'POST /users': return { path: '/users', body: { email: `${unique('roles')}@example.com`, name: 'roles table', tier: 'starter' } };
+    case 'GET /users': return { path: '/users?limit=5' };
+    case 'GET /users/{id}': return { path: `/users/${s}` };
+    case 'PATCH /users/{id}': return { path: `/users/${s}`, body: { overage_limit_micros: 0 } };
+    case 'POST /keys': return { path: '/keys', body: { user_id: s, name: `roles ${role}`, rpm_limit: 100 } };
+    case 'GET /keys': return { path: `/keys?user_id=${s}` };
+    case 'DELETE /keys/{id}': return { path: `/keys/${ctx.keyFor(role)}` };
+    case 'POST /service-tokens': return { path: '/service-tokens', body: { name: `roles ${role}`, scopes: ['meter'] } };
+    case 'GET /credits/balance': return { path: `/credits/balance?user_id=${s}` };
+    case 'GET /credits/balance/stream': return { path: `/credits/balance/stream?user_id=${s}`, stream: true };
+    case 'POST /credits/allocate': return { path: '/credits/allocate', headers: idem(), body: { user_id: s, amount_micros: 1_000, kind: 'bonus', reason: `roles ${role}` } };
+    case 'GET /credits/transactions': return { path: `/credits/transactions?user_id=${s}&limit=5` };
+    case 'POST /credits/deduct': return { path: '/credits/deduct', headers: idem(), body: { user_id: s, amount_micros: 100, reason: `roles ${role}`, event_id: unique('roles-deduct') } };
+    case 'POST /credits/refund': return { path: '/credits/refund', headers: idem(), body: { user_id: s, amount_micros: 10, usage_event_id: ctx.usageEventId, reason: `roles ${role}` } };
+    case 'POST /metering/track': return { path: '/metering/track', headers: idem(), body: { event_id: unique('roles-track'), user_id: s, service: 'search', units: 1 } };
+    case 'GET /metering/summary': return { path: `/metering/summary?${window}` };
+    case 'GET /metering/by-model': return { path: `/metering/by-model?${window}` };
+    case 'GET /metering/by-date': return { path: `/metering/by-date?${window}&granularity=day` };
+    case 'GET /metering/free-tier': return { path: `/metering/free-tier?${window}` };
+    case 'GET /tiers/compare': return { path: '/tiers/compare' };
+    case 'GET /audit': return { path: '/audit?limit=5' };
+    case 'GET /openapi.json': return { path: '/openapi.json' };
+    default: throw new Error(`no request for ${method} ${template}`);
+  }
+}
+
+describe('a. roles: every operation of openapi.json with every caller', () => {
+  it('the table covers exactly the document\'s operations', () => {
+    const documented = new Set();
+    for (const [path, item] of Object.entries(doc.paths)) {
+      for (const method of Object.keys(item)) {
+        if (['get', 'put', 'post', 'delete', 'patch', 'head', 'options', 'trace'].includes(method)) documented.add(`${method.toUpperCase()} ${path}`);
+      }
+    }
+    const rows = new Set(ROLES_TABLE.map(([m, p]) => `${m} ${p}`));
+    assert.equal(rows.size, ROLES_TABLE.length, 'the roles table repeats a row');
+    const missing = [...documented].filter((o) => !rows.has(o));
+    const extra = [...rows].filter((o) => !documented.has(o));
+    assert.deepEqual(missing, [], `operations of openapi.json without a row in the roles table: ${missing.join(', ')}`);
+    assert.deepEqual(extra, [], `rows of the roles table without an operation in openapi.json: ${extra.join(', ')}`);
+  });
+
+  it('the document describes every operation: operationId, security, x-roles, success and default answers', () => {
+    for (const [path, item] of Object.entries(doc.paths)) {
+      for (const [method, op] of Object.entries(item)) {
+        if (method === 'parameters') continue;
+        const where = `${method.toUpperCase()} ${path}`;
+        assert.ok(typeof op.operationId === 'string' && op.operationId, `${where}: no operationId`);
+        assert.ok(Array.isArray(op.security), `${where}: no security array`);
+        assert.ok(Array.isArray(op['x-roles']) && op['x-roles'].length > 0, `${where}: no x-roles`);
+        assert.ok(op.responses.default, `${where}: no default response`);
+        const row = ROLES_TABLE.find(([m, p]) => m === method.toUpperCase() && p === path);
+        if (!row) continue; // reported by the previous case
+        const success = row[COLUMNS.indexOf('admin') + 2];
+        assert.ok(op.responses[String(success)], `${where}: the document lists no ${success} answer`);
+        assert.equal(op.security.length === 0, row[2] === 200, `${where}: security [] exactly when no credentials are needed`);
+      }
+    }
+  });
+
+  it('each caller gets the status of the table, with an answer that matches the document', async () => {
+    const subject = await newUser('starter');
+    const other = await newUser('starter');
+    const tokens = {
+      none: null,
+      wrong: WRONG_TOKEN,
+      admin: ADMIN_TOKEN,
+      user: subject.apiKey,
+      other: other.apiKey,
+      meter: await serviceToken(['meter']),
+      billing: await serviceToken(['billing']),
+    };
+    // A key of the subject that only forbidden callers try to revoke.
+    const victim = expectStatus(await api('POST', '/keys', { body: { user_id: subject.id, name: 'victim' } }), 201).json.key.id;
+    // A charge to refund: a tracked event with a provider cost.
+    const tracked = expectStatus(await api('POST', '/metering/track', {
+      headers: { 'Idempotency-Key': unique('roles-setup') },
+      body: { event_id: unique('roles-setup'), user_id: subject.id, service: 'chat', model: 'e2e-model', provider_cost_micros: 1_000 },
+    }), 201);
+    const fresh = {};
+    const ctx = {
+      subject,
+      other,
+      usageEventId: tracked.json.usage_event_id,
+      keyFor: (role) => fresh[role] ?? victim,
+    };
+
+    const failures = [];
+    for (const row of ROLES_TABLE) {
+      const [method, template] = row;
+      for (const [i, role] of COLUMNS.entries()) {
+        const expected = row[i + 2];
+        if (template === '/keys/{id}' && expected === 200) {
+          // A fresh key of the subject for each caller allowed to revoke one.
+          fresh[role] = expectStatus(await api('POST', '/keys', { body: { user_id: subject.id, name: `to revoke by ${role}` } }), 201).json.key.id;
+        }
+        const req = rolesRequest(method, template, role, ctx);
+        const label = `${role.padEnd(7)} ${method} ${template} (${req.path})`;
+        let r;
+        if (req.stream) {
+          const s = await openStream(req.path, tokens[role]);
+          r = await s.until();
+          s.close();
+        } else {
+          r = await api(method, req.path, { token: tokens[role], body: req.body, headers: req.headers, check: false });
+        }
+        try {
+          assert.equal(r.status, expected, `expected ${expected}, got ${r.status}: ${r.text.slice(0, 300)}`);
+          assertMatchesDocument(method, req.path, r, label);
+          if (expected === 401) assert.equal(r.json?.error?.code, 'invalid_api_key', `expected code invalid_api_key, got ${r.text}`);
+          if (expected === 403) assert.equal(r.json?.error?.code, 'forbidden', `expected code forbidden, got ${r.text}`);
+        } catch (e) {
+          failures.push(`${label}: ${e.message.split('\n').slice(0, 3).join(' | ')}`);
+        }
+      }
+    }
+    // Nothing a forbidden caller did took effect: the victim key still works.
+    const keys = expectStatus(await api('GET', `/keys?user_id=${subject.id}`), 200).json.data;
+    const v = keys.find((k) => k.id === victim);
+    if (!v || v.revoked_at !== null) failures.push(`the victim key ${victim} was revoked by a caller that may not: ${JSON.stringify(v)}`);
+    assert.deepEqual(failures, [], `${failures.length} calls differ from the roles table:\n${failures.join('\n')}`);
+    await ledgerOk('after the roles table');
+  });
+});
+
+// ---------------------------------------------------------------- b. shapes and validation
+
+describe('b. shapes and input validation', () => {
+  let user;
+  before(async () => {
+    user = await newUser('starter');
+  });
+
+  it('POST /users answers the user and a tg_ key; GET /users/{id} and the list give the full user', async () => {
+    const email = `${unique('shape')}@example.com`;
+    const r = expectStatus(await api('POST', '/users', { body: { email, name: 'Shape Test', tier: 'professional' } }), 201);
+    assert.equal(r.json.user.email, email);
+    assert.equal(r.json.user.name, 'Shape Test');
+    assert.equal(r.json.user.tier, 'professional');
+    assert.match(r.json.api_key, /^tg_/);
+    const one = expectStatus(await api('GET', `/users/${r.json.user.id}`), 200).json;
+    assert.equal(one.status, 'active');
+    assert.equal(one.balance_micros, 50_000_000, `a new professional user: expected the $50 monthly credits, got ${JSON.stringify(one)}`);
+    expectStatus(await api('GET', '/users?limit=2'), 200);
+    expectStatus(await api('GET', '/users/999999999'), 404);
+    expectStatus(await api('POST', '/users', { body: { email, tier: 'starter' } }), 409, { code: 'user_exists' });
+    await ledgerOk('after creating users');
+  });
+
+  it('wrong types are 400 with param naming the field', async () => {
+    const cases = [
+      ['POST', '/credits/allocate', { user_id: user.id, amount_micros: '1000' }, 'amount_micros'],
+      ['POST', '/credits/allocate', { user_id: String(user.id), amount_micros: 1000 }, 'user_id'],
+      ['POST', '/credits/allocate', { user_id: user.id, amount_micros: 1000, reason: 42 }, 'reason'],
+      ['POST', '/credits/allocate', { user_id: user.id, amount_micros: 1000, kind: 'gold' }, 'kind'],
+      ['POST', '/credits/allocate', { user_id: user.id, amount_micros: 1000, expires_at: 'tomorrow' }, 'expires_at'],
+      ['POST', '/credits/allocate', { user_id: user.id, amount_micros: true }, 'amount_micros'],
+      ['POST', '/users', { email: 12345 }, 'email'],
+      ['POST', '/users', { email: 'no-at-sign' }, 'email'],
+      ['PATCH', `/users/${user.id}`, { status: 'bogus' }, 'status'],
+      ['PATCH', `/users/${user.id}`, { overage_limit_micros: 'lots' }, 'overage_limit_micros'],
+      ['POST', '/service-tokens', { name: 'x', scopes: 'meter' }, 'scopes'],
+      ['POST', '/service-tokens', { name: 'x', scopes: ['root'] }, 'scopes'],
+      ['POST', '/keys', { user_id: user.id, rpm_limit: 'fast' }, 'rpm_limit'],
+    ];
+    for (const [method, path, body, param] of cases) {
+      expectStatus(await api(method, path, { body }), 400, { param, what: `${method} ${path} ${JSON.stringify(body)}` });
+    }
+    const notJson = await api('POST', '/credits/allocate', { raw: '{"user_id": 1, "amount_micros": ' });
+    expectStatus(notJson, 400, { what: 'allocate with a truncated JSON body' });
+    const array = await api('POST', '/credits/allocate', { raw: '[1,2,3]' });
+    expectStatus(array, 400, { what: 'allocate with a JSON array body' });
+  });
+
+  it('missing required fields are 400 with param naming the field', async () => {
+    const k = () => ({ 'Idempotency-Key': unique('missing') });
+    const cases = [
+      ['POST', '/credits/allocate', { amount_micros: 1000 }, 'user_id', {}],
+      ['POST', '/credits/allocate', { user_id: user.id }, 'amount_micros', {}],
+      ['POST', '/users', { name: 'no email' }, 'email', {}],
+      ['POST', '/service-tokens', { name: 'no scopes' }, 'scopes', {}],
+      ['POST', '/service-tokens', { scopes: ['meter'] }, 'name', {}],
+      ['POST', '/credits/deduct', { user_id: user.id, amount_micros: 10 }, 'event_id', k()],
+      ['POST', '/credits/deduct', { user_id: user.id, event_id: unique('e') }, 'amount_micros', k()],
+      ['POST', '/metering/track', { event_id: unique('e'), user_id: user.id }, 'service', k()],
+      ['POST', '/metering/track', { user_id: user.id, service: 'search' }, 'event_id', k()],
+      ['POST', '/metering/track', { event_id: unique('e'), service: 'search' }, 'user_id', k()],
+    ];
+    for (const [method, path, body, param, headers] of cases) {
+      expectStatus(await api(method, path, { body, headers }), 400, { param, what: `${method} ${path} ${JSON.stringify(body)}` });
+    }
+    for (const q of ['/credits/balance', '/credits/transactions', '/keys', '/metering/summary']) {
+      expectStatus(await api('GET', q), 400, { param: 'user_id', what: `admin GET ${q} without user_id` });
+    }
+  });
+
+  it('amounts: 0, negative, fractional, above 10^15 and above int64 are 400 param amount_micros; 10^15 is accepted', async () => {
+    const before = await balanceOf(user.id);
+    const bad = ['0', '-5', '1.5', String(MAX_AMOUNT + 1), '9223372036854775807', '99999999999999999999', '-99999999999999999999'];
+    for (const amount of bad) {
+      const raw = `{"user_id": ${user.id}, "amount_micros": ${amount}, "reason": "bad amount"}`;
+      expectStatus(await api('POST', '/credits/allocate', { raw }), 400, { param: 'amount_micros', what: `allocate amount_micros ${amount}` });
+      const deduct = `{"user_id": ${user.id}, "amount_micros": ${amount}, "event_id": "${unique('bad')}"}`;
+      expectStatus(await api('POST', '/credits/deduct', { raw: deduct, headers: { 'Idempotency-Key': unique('bad') } }), 400,
+        { param: 'amount_micros', what: `deduct amount_micros ${amount}` });
+    }
+    const after = await balanceOf(user.id);
+    assert.equal(after.balance_micros, before.balance_micros, 'refused amounts moved money');
+    const rich = await newUser('starter');
+    const r = expectStatus(await api('POST', '/credits/allocate', { body: { user_id: rich.id, amount_micros: MAX_AMOUNT, reason: 'the maximum' } }), 201);
+    assert.equal(r.json.transaction.amount_micros, MAX_AMOUNT);
+    assert.equal(r.json.balance_micros, MAX_AMOUNT + 30_000_000);
+    await ledgerOk('after the amount checks');
+  });
+
+  it('bad dates, cursors, limits, types and granularity are 400 with their param', async () => {
+    const u = user.id;
+    const cases = [
+      [`/credits/transactions?user_id=${u}&from=2026-13-01`, 'from'],
+      [`/credits/transactions?user_id=${u}&to=2026-02-30`, 'to'],
+      [`/credits/transactions?user_id=${u}&from=yesterday`, 'from'],
+      [`/metering/summary?user_id=${u}&from=2026-13-01`, 'from'],
+      [`/metering/by-model?user_id=${u}&to=2026-00-10`, 'to'],
+      [`/metering/by-date?user_id=${u}&from=2026-13-01`, 'from'],
+      [`/metering/free-tier?user_id=${u}&from=2026-13-01`, 'from'],
+      [`/metering/by-date?user_id=${u}&granularity=week`, 'granularity'],
+      [`/credits/transactions?user_id=${u}&cursor=abc`, 'cursor'],
+      [`/credits/transactions?user_id=${u}&cursor=-1`, 'cursor'],
+      ['/users?cursor=abc', 'cursor'],
+      ['/audit?cursor=abc', 'cursor'],
+      [`/credits/transactions?user_id=${u}&limit=0`, 'limit'],
+      [`/credits/transactions?user_id=${u}&limit=201`, 'limit'],
+      [`/credits/transactions?user_id=${u}&limit=ten`, 'limit'],
+      ['/users?limit=0', 'limit'],
+      ['/users?limit=201', 'limit'],
+      ['/audit?limit=0', 'limit'],
+      ['/audit?limit=201', 'limit'],
+      [`/credits/transactions?user_id=${u}&type=gift`, 'type'],
+      ['/credits/balance?user_id=abc', 'user_id'],
+      ['/credits/balance?user_id=1%20OR%201=1', 'user_id'],
+    ];
+    for (const [path, param] of cases) expectStatus(await api('GET', path), 400, { param });
+    // The edges that are valid.
+    expectStatus(await api('GET', `/credits/transactions?user_id=${u}&limit=1`), 200);
+    expectStatus(await api('GET', `/credits/transactions?user_id=${u}&limit=200&from=2020-01-01&to=${encodeURIComponent(new Date(Date.now() + 86_400_000).toISOString())}&type=grant`), 200);
+    const range = expectStatus(await api('GET', `/metering/by-date?user_id=${u}&from=2026-01-01&to=2026-12-31&granularity=month`), 200).json;
+    assert.equal(range.from, '2026-01-01');
+    assert.equal(range.to, '2026-12-31');
+    assert.equal(range.granularity, 'month');
+  });
+
+  it('unknown fields are ignored: allocate with extra members works', async () => {
+    const before = await balanceOf(user.id);
+    const r = expectStatus(await api('POST', '/credits/allocate', {
+      body: { user_id: user.id, amount_micros: 2_500, kind: 'bonus', reason: 'extra fields', colour: 'blue', nested: { a: [1, 2, { b: null }] }, currency: 'EUR' },
+    }), 201);
+    assert.equal(r.json.transaction.type, 'grant');
+    assert.equal(r.json.transaction.kind, 'bonus');
+    assert.equal(r.json.transaction.amount_micros, 2_500);
+    assert.equal(r.json.transaction.reason, 'extra fields');
+    assert.equal(r.json.balance_micros, before.balance_micros + 2_500);
+    assert.equal(r.json.transaction.balance_after_micros, r.json.balance_micros);
+    const after = await balanceOf(user.id);
+    assert.equal(after.balance_micros, before.balance_micros + 2_500);
+    assert.equal(after.by_kind.bonus, before.by_kind.bonus + 2_500);
+    await ledgerOk('after allocate with unknown fields');
+  });
+
+  it('deduct: 201 {transaction, balance_micros}; 402 insufficient_credits beyond what is available', async () => {
+    const u = await newUser('starter'); // $30
+    const before = await balanceOf(u.id);
+    const r = expectStatus(await api('POST', '/credits/deduct', {
+      headers: { 'Idempotency-Key': unique('deduct') },
+      body: { user_id: u.id, amount_micros: 1_234, reason: 'search call', event_id: unique('deduct') },
+    }), 201);
+    assert.equal(r.json.transaction.type, 'deduct');
+    assert.equal(r.json.transaction.amount_micros, -1_234);
+    assert.equal(r.json.balance_micros, before.balance_micros - 1_234);
+    const broke = await api('POST', '/credits/deduct', {
+      headers: { 'Idempotency-Key': unique('deduct') },
+      body: { user_id: u.id, amount_micros: MAX_AMOUNT, event_id: unique('deduct') },
+    });
+    expectStatus(broke, 402, { code: 'insufficient_credits' });
+    assert.equal((await balanceOf(u.id)).balance_micros, before.balance_micros - 1_234, 'a refused deduct moved money');
+    expectStatus(await api('POST', '/credits/deduct', {
+      headers: { 'Idempotency-Key': unique('deduct') },
+      body: { user_id: 999999999, amount_micros: 1, event_id: unique('deduct') },
+    }), 404);
+    await ledgerOk('after deducts');
+  });
+
+  it('metering/track prices: provider cost + the tier\'s paid markup (starter 10%, free none); else the service price', async () => {
+    const starter = await newUser('starter');
+    const free = await newUser('free');
+    const track = (u, body) => api('POST', '/metering/track', { headers: { 'Idempotency-Key': unique('track') }, body: { event_id: unique('track'), user_id: u.id, ...body } });
+    const b0 = (await balanceOf(starter.id)).balance_micros;
+    const a = expectStatus(await track(starter, { service: 'chat', model: 'vendor/model-x', prompt_tokens: 10, completion_tokens: 20, provider_cost_micros: 1_000 }), 201).json;
+    assert.deepEqual([a.provider_cost_micros, a.markup_micros, a.charged_micros], [1_000, 100, 1_100], `starter, cost 1000: ${JSON.stringify(a)}`);
+    assert.equal(a.balance_micros, b0 - 1_100);
+    assert.ok(a.transaction && a.transaction.amount_micros === -1_100 && a.transaction.usage_event_id === a.usage_event_id,
+      `track: expected the charge transaction of the event, got ${JSON.stringify(a.transaction)}`);
+    const f = expectStatus(await track(free, { service: 'chat', provider_cost_micros: 1_000 }), 201).json;
+    assert.deepEqual([f.provider_cost_micros, f.markup_micros, f.charged_micros], [1_000, 0, 1_000], `free, cost 1000: ${JSON.stringify(f)}`);
+    const s = expectStatus(await track(starter, { service: 'search' }), 201).json;
+    assert.equal(s.charged_micros, 1_000, `search without a cost: expected the default 1,000 micros a request, got ${JSON.stringify(s)}`);
+    // The usage reports see the events.
+    const summary = expectStatus(await api('GET', `/metering/summary?user_id=${starter.id}&from=${day(-1)}&to=${day(1)}`), 200).json;
+    assert.equal(summary.requests, 2);
+    assert.equal(summary.charged_micros, 2_100);
+    assert.equal(summary.by_service.chat?.charged_micros, 1_100);
+    assert.equal(summary.by_service.search?.charged_micros, 1_000);
+    const byModel = expectStatus(await api('GET', `/metering/by-model?user_id=${starter.id}&from=${day(-1)}&to=${day(1)}`), 200).json;
+    assert.ok(byModel.data.some((row) => row.model === 'vendor/model-x' && row.prompt_tokens === 10 && row.completion_tokens === 20),
+      `by-model: expected a row for vendor/model-x, got ${JSON.stringify(byModel.data)}`);
+    const byDate = expectStatus(await api('GET', `/metering/by-date?user_id=${starter.id}&from=${day(-1)}&to=${day(1)}&granularity=day`), 200).json;
+    assert.equal(byDate.data.reduce((n, row) => n + row.charged_micros, 0), 2_100);
+    // A refund of the tracked charge, then one that would exceed it.
+    const refund = expectStatus(await api('POST', '/credits/refund', { body: { user_id: starter.id, amount_micros: 600, usage_event_id: a.usage_event_id, reason: 'partial' } }), 201).json;
+    assert.equal(refund.transaction.amount_micros, 600);
+    expectStatus(await api('POST', '/credits/refund', { body: { user_id: starter.id, amount_micros: 501, usage_event_id: a.usage_event_id } }), 409, { code: 'refund_exceeds_charge' });
+    expectStatus(await api('POST', '/credits/refund', { body: { user_id: starter.id, amount_micros: 1 } }), 400);
+    await ledgerOk('after track and refund');
+  });
+});
+
+// ---------------------------------------------------------------- c. idempotency
+
+describe('c. idempotency (SPEC 4.3)', () => {
+  it('allocate: the same key and body replay the first answer and move money once; another body is 409', async () => {
+    const u = await newUser('starter');
+    const before = await balanceOf(u.id);
+    const key = unique('allocate');
+    const body = { user_id: u.id, amount_micros: 7_000, kind: 'bonus', reason: unique('replay') };
+    const first = expectStatus(await api('POST', '/credits/allocate', { body, headers: { 'Idempotency-Key': key } }), 201);
+    const second = expectStatus(await api('POST', '/credits/allocate', { body, headers: { 'Idempotency-Key': key } }), 201);
+    assert.equal(second.json.transaction.id, first.json.transaction.id, 'a replay created another transaction');
+    assert.deepEqual(second.json, first.json, 'a replay answered differently from the first call');
+    const conflict = await api('POST', '/credits/allocate', { body: { ...body, amount_micros: 8_000 }, headers: { 'Idempotency-Key': key } });
+    expectStatus(conflict, 409, { code: 'idempotency_conflict' });
+    const after = await balanceOf(u.id);
+    assert.equal(after.balance_micros, before.balance_micros + 7_000, 'the balance moved more than once');
+    const grants = (await allTransactions(u.id)).filter((t) => t.reason === body.reason);
+    assert.equal(grants.length, 1, `expected one grant, got ${JSON.stringify(grants)}`);
+    await ledgerOk('after allocate replays');
+  });
+
+  it('10 concurrent replays of one allocate: identical answers, exactly one grant', async () => {
+    const u = await newUser('starter');
+    const before = await balanceOf(u.id);
+    const key = unique('concurrent');
+    const body = { user_id: u.id, amount_micros: 3_333, kind: 'purchased', reason: unique('concurrent') };
+    const answers = await Promise.all(Array.from({ length: 10 }, () => api('POST', '/credits/allocate', { body, headers: { 'Idempotency-Key': key } })));
+    for (const r of answers) expectStatus(r, 201);
+    for (const r of answers) assert.deepEqual(r.json, answers[0].json, `concurrent replays answered differently:\n${answers.map((a) => a.text).join('\n')}`);
+    const grants = (await allTransactions(u.id)).filter((t) => t.reason === body.reason);
+    assert.equal(grants.length, 1, `expected exactly one grant, got ${grants.length}: ${JSON.stringify(grants)}`);
+    assert.equal((await balanceOf(u.id)).balance_micros, before.balance_micros + 3_333);
+    await ledgerOk('after concurrent allocate replays');
+  });
+
+  it('keys are scoped to the caller: the same key from another caller is independent', async () => {
+    const u = await newUser('starter');
+    const meter = await serviceToken(['meter']);
+    const key = unique('scoped');
+    // deduct: admin and a meter token, same Idempotency-Key, different bodies.
+    const asAdmin = expectStatus(await api('POST', '/credits/deduct', { headers: { 'Idempotency-Key': key }, body: { user_id: u.id, amount_micros: 100, event_id: unique('scoped-a') } }), 201);
+    const meterBody = { user_id: u.id, amount_micros: 200, event_id: unique('scoped-m') };
+    const asMeter = expectStatus(await api('POST', '/credits/deduct', { token: meter, headers: { 'Idempotency-Key': key }, body: meterBody }), 201);
+    assert.notEqual(asMeter.json.transaction.id, asAdmin.json.transaction.id);
+    const meterAgain = expectStatus(await api('POST', '/credits/deduct', { token: meter, headers: { 'Idempotency-Key': key }, body: meterBody }), 201);
+    assert.deepEqual(meterAgain.json, asMeter.json, 'the meter token\'s replay answered differently');
+    // keys: admin creates a key for the user with K; the user's own K is another scope.
+    const k2 = unique('scoped-keys');
+    expectStatus(await api('POST', '/keys', { headers: { 'Idempotency-Key': k2 }, body: { user_id: u.id, name: 'by admin' } }), 201);
+    const own = expectStatus(await api('POST', '/keys', { token: u.apiKey, headers: { 'Idempotency-Key': k2 }, body: { name: 'by user' } }), 201);
+    assert.match(own.json.api_key, /^tg_/);
+    const repeat = await api('POST', '/keys', { token: u.apiKey, headers: { 'Idempotency-Key': k2 }, body: { name: 'by user' } });
+    expectStatus(repeat, 409, { code: 'idempotency_conflict' });
+    assert.ok(!('api_key' in (repeat.json ?? {})) && !repeat.text.includes(own.json.api_key), `a repeated key must never show a secret again: ${repeat.text}`);
+    await ledgerOk('after scoped keys');
+  });
+
+  it('deduct and track need an Idempotency-Key (400 idempotency_key_required); bad keys are 400', async () => {
+    const u = await newUser('starter');
+    expectStatus(await api('POST', '/credits/deduct', { body: { user_id: u.id, amount_micros: 10, event_id: unique('nokey') } }), 400,
+      { code: 'idempotency_key_required', param: 'Idempotency-Key' });
+    expectStatus(await api('POST', '/metering/track', { body: { event_id: unique('nokey'), user_id: u.id, service: 'search' } }), 400,
+      { code: 'idempotency_key_required', param: 'Idempotency-Key' });
+    expectStatus(await api('POST', '/credits/deduct', { headers: { 'Idempotency-Key': '' }, body: { user_id: u.id, amount_micros: 10, event_id: unique('nokey') } }), 400,
+      { param: 'Idempotency-Key', what: 'deduct with an empty Idempotency-Key' });
+    const balance = await balanceOf(u.id);
+    assert.equal(balance.balance_micros, 30_000_000, 'refused deducts moved money');
+  });
+
+  it('deduct: a replay with the same event_id answers the first result (whatever the key); another amount is 409', async () => {
+    const u = await newUser('starter');
+    const before = await balanceOf(u.id);
+    const eventId = unique('event');
+    const body = { user_id: u.id, amount_micros: 4_321, reason: 'replayed deduct', event_id: eventId };
+    const key = unique('deduct-replay');
+    const first = expectStatus(await api('POST', '/credits/deduct', { headers: { 'Idempotency-Key': key }, body }), 201);
+    const sameKey = expectStatus(await api('POST', '/credits/deduct', { headers: { 'Idempotency-Key': key }, body }), 201);
+    assert.deepEqual(sameKey.json, first.json, 'same key, same body: expected the first answer');
+    const otherKey = expectStatus(await api('POST', '/credits/deduct', { headers: { 'Idempotency-Key': unique('deduct-replay') }, body }), 201);
+    assert.deepEqual(otherKey.json, first.json, 'same event_id and body, another key: expected the first answer');
+    const conflict = await api('POST', '/credits/deduct', { headers: { 'Idempotency-Key': unique('deduct-replay') }, body: { ...body, amount_micros: 4_322 } });
+    expectStatus(conflict, 409, { code: 'idempotency_conflict' });
+    const sameKeyOtherBody = await api('POST', '/credits/deduct', { headers: { 'Idempotency-Key': key }, body: { ...body, event_id: unique('event') } });
+    expectStatus(sameKeyOtherBody, 409, { code: 'idempotency_conflict' });
+    assert.equal((await balanceOf(u.id)).balance_micros, before.balance_micros - 4_321, 'the deduct moved money more than once');
+    await ledgerOk('after deduct replays');
+  });
+
+  it('a fresh Idempotency-Key on a body over 4 KiB (a 4096-byte reason, the most allowed) is accepted and replays', async () => {
+    const u = await newUser('starter');
+    const before = await balanceOf(u.id);
+    const key = unique('big-body');
+    const body = { user_id: u.id, amount_micros: 1_000, reason: 'r'.repeat(4_096), event_id: unique('big-body') };
+    const first = expectStatus(await api('POST', '/credits/deduct', { headers: { 'Idempotency-Key': key }, body }), 201,
+      { what: `deduct with a never-used Idempotency-Key and a ${JSON.stringify(body).length}-byte body` });
+    assert.equal(first.json.transaction.reason, body.reason);
+    const again = expectStatus(await api('POST', '/credits/deduct', { headers: { 'Idempotency-Key': key }, body }), 201, { what: 'its replay' });
+    assert.deepEqual(again.json, first.json);
+    assert.equal((await balanceOf(u.id)).balance_micros, before.balance_micros - 1_000);
+    await ledgerOk('after a large idempotent body');
+  });
+
+  it('track: the same event_id answers the first result whatever the key; another body is 409', async () => {
+    const u = await newUser('starter');
+    const before = await balanceOf(u.id);
+    const body = { event_id: unique('track-event'), user_id: u.id, service: 'chat', model: 'm', provider_cost_micros: 2_000 };
+    const first = expectStatus(await api('POST', '/metering/track', { headers: { 'Idempotency-Key': unique('t') }, body }), 201);
+    const again = expectStatus(await api('POST', '/metering/track', { headers: { 'Idempotency-Key': unique('t') }, body }), 201);
+    assert.deepEqual(again.json, first.json);
+    expectStatus(await api('POST', '/metering/track', { headers: { 'Idempotency-Key': unique('t') }, body: { ...body, provider_cost_micros: 2_001 } }), 409,
+      { code: 'idempotency_conflict' });
+    assert.equal((await balanceOf(u.id)).balance_micros, before.balance_micros - first.json.charged_micros);
+    await ledgerOk('after track replays');
+  });
+
+  it('secrets are never replayed: POST /users and /service-tokens with a used key are 409 without the secret', async () => {
+    const key = unique('users');
+    const body = { email: `${unique('idem')}@example.com`, tier: 'starter' };
+    const first = expectStatus(await api('POST', '/users', { body, headers: { 'Idempotency-Key': key } }), 201);
+    const second = await api('POST', '/users', { body, headers: { 'Idempotency-Key': key } });
+    expectStatus(second, 409, { code: 'idempotency_conflict' });
+    assert.ok(!('api_key' in (second.json ?? {})) && !second.text.includes(first.json.api_key) && !/tg_[A-Za-z0-9_-]{16,}/.test(second.text),
+      `the repeated POST /users must not contain a key: ${second.text}`);
+    const third = await api('POST', '/users', { body: { ...body, email: `${unique('idem')}@example.com` }, headers: { 'Idempotency-Key': key } });
+    expectStatus(third, 409, { code: 'idempotency_conflict' });
+    const tkey = unique('tokens');
+    const tbody = { name: 'idem token', scopes: ['meter'] };
+    const t1 = expectStatus(await api('POST', '/service-tokens', { body: tbody, headers: { 'Idempotency-Key': tkey } }), 201);
+    const t2 = await api('POST', '/service-tokens', { body: tbody, headers: { 'Idempotency-Key': tkey } });
+    expectStatus(t2, 409, { code: 'idempotency_conflict' });
+    assert.ok(!('token' in (t2.json ?? {})) && !t2.text.includes(t1.json.token), `the repeated POST /service-tokens must not contain a token: ${t2.text}`);
+    await ledgerOk('after secret idempotency');
+  });
+});
+
+// ---------------------------------------------------------------- d. pagination
+
+describe('d. cursor pages', () => {
+  it('limit 10 while allocations are inserted between pages: no duplicates, nothing that existed is missed', async () => {
+    const u = await newUser('starter');
+    for (let i = 0; i < 25; i++) {
+      expectStatus(await api('POST', '/credits/allocate', { body: { user_id: u.id, amount_micros: 1_000 + i, reason: `page ${i}` } }), 201);
+    }
+    const existing = await allTransactions(u.id);
+    assert.ok(existing.length >= 26, `expected the first grant and 25 allocations, got ${existing.length}`);
+    const seen = [];
+    const inserts = [];
+    let cursor = null;
+    let pages = 0;
+    do {
+      const page = api('GET', `/credits/transactions?user_id=${u.id}&limit=10${cursor === null ? '' : `&cursor=${cursor}`}`);
+      // Two allocations race each page fetch.
+      for (let j = 0; j < 2; j++) {
+        inserts.push(api('POST', '/credits/allocate', { body: { user_id: u.id, amount_micros: 500, reason: `during paging ${pages}.${j}` } }));
+      }
+      const r = expectStatus(await page, 200);
+      assert.ok(r.json.data.length <= 10, `limit 10: got ${r.json.data.length} rows`);
+      seen.push(...r.json.data);
+      cursor = r.json.next_cursor;
+      if (cursor !== null) assert.equal(r.json.data.length, 10, 'a page before the last must be full');
+      assert.ok(++pages <= 20, 'more than 20 pages: the cursor does not advance');
+    } while (cursor !== null);
+    for (const r of await Promise.all(inserts)) expectStatus(r, 201);
+    const ids = seen.map((t) => t.id);
+    const dupes = ids.filter((id, i) => ids.indexOf(id) !== i);
+    assert.deepEqual(dupes, [], `transactions listed twice across pages: ${dupes.join(', ')}`);
+    for (let i = 1; i < ids.length; i++) assert.ok(ids[i] < ids[i - 1], `pages must be newest first without going back: ${ids.join(', ')}`);
+    const missing = existing.filter((t) => !ids.includes(t.id)).map((t) => t.id);
+    assert.deepEqual(missing, [], `transactions that existed when paging started but were not listed: ${missing.join(', ')}`);
+    await ledgerOk('after paging under inserts');
+  });
+
+  it('GET /users pages are disjoint', async () => {
+    for (let i = 0; i < 3; i++) await newUser('free');
+    const ids = [];
+    let cursor = null;
+    for (let page = 0; page < 3; page++) {
+      const r = expectStatus(await api('GET', `/users?limit=2${cursor === null ? '' : `&cursor=${cursor}`}`), 200);
+      ids.push(...r.json.data.map((x) => x.id));
+      cursor = r.json.next_cursor;
+      if (cursor === null) break;
+    }
+    assert.equal(new Set(ids).size, ids.length, `users listed twice: ${ids.join(', ')}`);
+    await ledgerOk('after listing users');
+  });
+});
+
+// ---------------------------------------------------------------- e. audit
+
+describe('e. audit log', () => {
+  it('admin actions are listed newest first with actor, action and client address', async () => {
+    const u = await newUser('starter');
+    expectStatus(await api('POST', '/credits/allocate', { body: { user_id: u.id, amount_micros: 1_111, reason: 'audited' } }), 201);
+    expectStatus(await api('PATCH', `/users/${u.id}`, { body: { overage_limit_micros: 5_000 } }), 200);
+    const key = expectStatus(await api('POST', '/keys', { body: { user_id: u.id, name: 'audited key' } }), 201).json.key;
+    expectStatus(await api('DELETE', `/keys/${key.id}`), 200);
+    const r = expectStatus(await api('GET', '/audit?limit=50'), 200);
+    const rows = r.json.data;
+    for (let i = 1; i < rows.length; i++) {
+      assert.ok(rows[i].id < rows[i - 1].id, `audit: expected newest first (ids descending), got ${rows.map((x) => x.id).join(', ')}`);
+      assert.ok(Date.parse(rows[i].created_at) <= Date.parse(rows[i - 1].created_at), 'audit: created_at must not increase down the list');
+    }
+    const expected = [
+      /^DELETE \/api\/v1\/keys\/(\d+|\{id\})$/,
+      /^POST \/api\/v1\/keys$/,
+      /^PATCH \/api\/v1\/users\/(\d+|\{id\})$/,
+      /^POST \/api\/v1\/credits\/allocate$/,
+      /^POST \/api\/v1\/users$/,
+    ];
+    // The five newest changes are this case's, in reverse order.
+    const changes = rows.filter((x) => !/^GET /.test(x.action)).slice(0, expected.length);
+    assert.equal(changes.length, expected.length, `audit: expected at least ${expected.length} entries, got ${JSON.stringify(rows.slice(0, 8))}`);
+    for (const [i, re] of expected.entries()) {
+      const row = changes[i];
+      assert.match(row.action, re, `audit entry ${i}: expected action ${re}, got ${JSON.stringify(row)}`);
+      assert.equal(row.actor, 'admin', `audit entry ${i}: ${JSON.stringify(row)}`);
+      assert.equal(row.client_address, '127.0.0.1', `audit entry ${i}: ${JSON.stringify(row)}`);
+    }
+    // Pages of the log are disjoint.
+    const p1 = expectStatus(await api('GET', '/audit?limit=3'), 200).json;
+    assert.notEqual(p1.next_cursor, null, 'audit: more than 3 entries, so a next_cursor');
+    const p2 = expectStatus(await api('GET', `/audit?limit=3&cursor=${p1.next_cursor}`), 200).json;
+    const both = [...p1.data, ...p2.data].map((x) => x.id);
+    assert.equal(new Set(both).size, both.length, `audit pages overlap: ${both.join(', ')}`);
+    assert.ok(p2.data.every((x) => x.id < p1.data.at(-1).id), 'audit: the second page must hold older entries');
+    await ledgerOk('after the audit checks');
+  });
+});
+
+// ---------------------------------------------------------------- f. security
+
+// A POST whose answer may come before the whole body is sent (413).
+function postEarlyAnswer(url, token, body) {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, {
+      method: 'POST',
+      agent: false,
+      timeout: 30_000,
+      headers: {
+        authorization: `Bearer ${token}`,
+        'content-type': 'application/json',
+        'content-length': String(body.length),
+        expect: '100-continue',
+      },
+    }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { text += d; });
+      res.on('end', () => {
+        let json;
+        try {
+          json = JSON.parse(text);
+        } catch {
+          json = undefined;
+        }
+        resolve({ method: 'POST', path: new URL(url).pathname.slice(API.length), status: res.statusCode, headers: new Headers(Object.entries(res.headers).map(([k, v]) => [k, String(v)])), text, json });
+      });
+      res.on('error', (e) => reject(new Error(`the answer to a ${body.length}-byte body broke off: ${e.message}`)));
+    });
+    req.on('continue', () => req.end(body));
+    req.on('timeout', () => req.destroy(new Error('no answer within 30 s')));
+    req.on('error', (e) => reject(new Error(`no answer to a ${body.length}-byte body: ${e.message}`)));
+  });
+}
+
+describe('f. hostile input', () => {
+  it('SQL injection payloads are stored and returned verbatim', async () => {
+    const payloads = ['\'); DROP TABLE users;--', '" OR 1=1 --', '1; DELETE FROM transactions WHERE 1=1; --', 'Robert\'); DROP TABLE students;-- \\ %_'];
+    for (const p of payloads) {
+      const email = `${p}${++counter}@example.com`; // the payload as the local part
+      const created = expectStatus(await api('POST', '/users', { body: { email, name: p, tier: 'starter' } }), 201).json;
+      assert.equal(created.user.email, email);
+      assert.equal(created.user.name, p);
+      const one = expectStatus(await api('GET', `/users/${created.user.id}`), 200).json;
+      assert.equal(one.email, email, 'email changed on the way through the database');
+      assert.equal(one.name, p, 'name changed on the way through the database');
+      const grant = expectStatus(await api('POST', '/credits/allocate', { body: { user_id: created.user.id, amount_micros: 1_000, reason: p } }), 201).json;
+      assert.equal(grant.transaction.reason, p);
+      const rows = await allTransactions(created.user.id);
+      assert.ok(rows.some((t) => t.reason === p), `the reason ${JSON.stringify(p)} was not listed verbatim: ${JSON.stringify(rows)}`);
+      const key = expectStatus(await api('POST', '/keys', { body: { user_id: created.user.id, name: p } }), 201).json.key;
+      assert.equal(key.name, p);
+    }
+    // Everything is still there.
+    expectStatus(await api('GET', '/users?limit=200'), 200);
+    await ledgerOk('after the injection payloads');
+  });
+
+  it('<script> in a name comes back verbatim as JSON, with nosniff', async () => {
+    const name = '<script>alert(1)</script>';
+    const r = expectStatus(await api('POST', '/users', { body: { email: `${unique('xss')}@example.com`, name } }), 201);
+    assert.equal(r.json.user.name, name);
+    for (const res of [r, expectStatus(await api('GET', `/users/${r.json.user.id}`), 200)]) {
+      assert.equal(res.json.name ?? res.json.user.name, name);
+      assert.match(res.headers.get('content-type') ?? '', /^application\/json/, 'content-type must be application/json');
+      assert.equal(res.headers.get('x-content-type-options'), 'nosniff');
+    }
+    const err = await api('GET', '/users/%3Cscript%3E');
+    assert.ok([400, 404].includes(err.status), `GET /users/<script>: expected 400 or 404, got ${err.status}`);
+    assert.match(err.headers.get('content-type') ?? '', /^application\/json/);
+    assert.equal(err.headers.get('x-content-type-options'), 'nosniff');
+    await ledgerOk('after the script name');
+  });
+
+  it('oversized input: a 5000-character reason is 400 param reason (allocate, deduct with a fresh Idempotency-Key)', async () => {
+    const u = await newUser('starter');
+    expectStatus(await api('POST', '/credits/allocate', { body: { user_id: u.id, amount_micros: 1_000, reason: 'r'.repeat(5_000) } }), 400, { param: 'reason' });
+    expectStatus(await api('POST', '/credits/deduct', {
+      headers: { 'Idempotency-Key': unique('long') },
+      body: { user_id: u.id, amount_micros: 1_000, reason: 'r'.repeat(5_000), event_id: unique('long') },
+    }), 400, { param: 'reason', what: 'deduct with a 5000-character reason and a never-used Idempotency-Key' });
+    assert.equal((await balanceOf(u.id)).balance_micros, 30_000_000, 'oversized input moved money');
+    await ledgerOk('after a long reason');
+  });
+
+  it('oversized input: a 10 MiB body is 413 request_too_large', async () => {
+    const u = await newUser('starter');
+    const huge = Buffer.from(JSON.stringify({ user_id: u.id, amount_micros: 1_000, reason: 'x'.repeat(10 * 1024 * 1024) }));
+    const r = await postEarlyAnswer(`${stack.url}${API}/credits/allocate`, ADMIN_TOKEN, huge);
+    expectStatus(r, 413, { code: 'request_too_large', what: `a ${huge.length}-byte allocate` });
+    assertMatchesDocument('POST', '/credits/allocate', r, 'the 413 answer');
+    assert.equal((await balanceOf(u.id)).balance_micros, 30_000_000, 'oversized input moved money');
+    await ledgerOk('after oversized input');
+  });
+
+  it('an Idempotency-Key longer than 255 characters is 400 param Idempotency-Key; 255 is fine', async () => {
+    const u = await newUser('starter');
+    const body = { user_id: u.id, amount_micros: 1_000, reason: 'long key' };
+    expectStatus(await api('POST', '/credits/allocate', { body, headers: { 'Idempotency-Key': 'k'.repeat(256) } }), 400, { param: 'Idempotency-Key' });
+    expectStatus(await api('POST', '/credits/deduct', {
+      headers: { 'Idempotency-Key': 'k'.repeat(1_000) },
+      body: { user_id: u.id, amount_micros: 10, event_id: unique('long-key') },
+    }), 400, { param: 'Idempotency-Key' });
+    expectStatus(await api('POST', '/credits/allocate', { body, headers: { 'Idempotency-Key': `${unique('x')}${'k'.repeat(255)}`.slice(0, 255) } }), 201);
+    assert.equal((await balanceOf(u.id)).balance_micros, 30_000_000 + 1_000);
+    await ledgerOk('after long idempotency keys');
+  });
+
+  it('brute force: after 5 failed authentications from 127.0.0.1, even the admin token gets 429 with Retry-After', async () => {
+    const guarded = await startStack({ config: '[server]\nauth_failures_per_minute = 5\n' });
+    try {
+      const call = async (token) => {
+        const res = await httpFetch(`${guarded.url}${API}/users?limit=1`, { headers: token === null ? {} : { authorization: `Bearer ${token}` } });
+        const text = await res.text();
+        let json;
+        try {
+          json = JSON.parse(text);
+        } catch {
+          json = undefined;
+        }
+        return { method: 'GET', path: '/users?limit=1', status: res.status, headers: res.headers, text, json };
+      };
+      expectStatus(await call(ADMIN_TOKEN), 200, { what: 'the admin token before any failure' });
+      for (let i = 1; i <= 5; i++) {
+        const r = await call(`${WRONG_TOKEN}${i}`);
+        expectStatus(r, 401, { code: 'invalid_api_key', what: `failed authentication ${i} of 5` });
+        assertMatchesDocument('GET', '/users', r, `failure ${i}`);
+      }
+      const blocked = await call(ADMIN_TOKEN);
+      expectStatus(blocked, 429, { code: 'rate_limited', what: 'the valid admin token after 5 failures' });
+      assertMatchesDocument('GET', '/users', blocked, 'the 429 answer');
+      const retryAfter = blocked.headers.get('retry-after');
+      assert.match(retryAfter ?? '', /^[1-9]\d*$/, `429: expected Retry-After in whole seconds, got ${retryAfter}`);
+      assert.ok(Number(retryAfter) <= 60, `Retry-After ${retryAfter}: the window is one minute`);
+      // The document needs no credentials, so it is not throttled.
+      const docRes = await httpFetch(`${guarded.url}${API}/openapi.json`);
+      assert.equal(docRes.status, 200, 'openapi.json needs no credentials, so no throttling either');
+      await docRes.arrayBuffer();
+    } finally {
+      await guarded.stop();
+    }
+  });
+});
+
+// ---------------------------------------------------------------- g. balance stream
+
+describe('g. GET /credits/balance/stream', () => {
+  it('an allocation shows up as an "event: balance" with the new balance_micros', async () => {
+    const u = await newUser('starter');
+    const before = await balanceOf(u.id);
+    const s = await openStream(`/credits/balance/stream?user_id=${u.id}`, u.apiKey, { timeoutMs: 15_000 });
+    try {
+      assert.equal(s.stream.status, 200, `stream: expected 200, got ${s.stream.status}: ${s.stream.text}`);
+      assert.match(s.stream.headers.get('content-type') ?? '', /^text\/event-stream/);
+      const first = await s.until((events) => events.length >= 1);
+      assert.ok(first.events.length >= 1, `stream: no first event within 15 s (got ${JSON.stringify(first.text)})`);
+      assert.equal(first.events[0].data.balance_micros, before.balance_micros, `the first event: expected the current balance, got ${JSON.stringify(first.events[0])}`);
+      expectStatus(await api('POST', '/credits/allocate', { body: { user_id: u.id, amount_micros: 12_345, kind: 'bonus', reason: 'stream' } }), 201);
+      const target = before.balance_micros + 12_345;
+      const got = await s.until((events) => events.some((e) => e.data?.balance_micros === target));
+      assert.ok(got.events.some((e) => e.event === 'balance' && e.data.balance_micros === target),
+        `stream: no "event: balance" with balance_micros ${target} within 15 s; got ${JSON.stringify(got.text)}`);
+      assertMatchesDocument('GET', '/credits/balance/stream', got, 'balance stream');
+      const last = got.events.at(-1).data;
+      assert.equal(last.by_kind.bonus, before.by_kind.bonus + 12_345);
+    } finally {
+      s.close();
+    }
+    // The server still answers after the client left the stream.
+    expectStatus(await api('GET', `/credits/balance?user_id=${u.id}`), 200);
+    await ledgerOk('after the balance stream');
+  });
+});

@@ -275,6 +275,17 @@ principal authenticate(exchange& x) {
     return {};
 }
 
+void audit(exchange& x, const principal& p, std::string_view path, const std::string& target,
+           const std::string& address) {
+    x.a.ledger.record_audit({.id = 0,
+                             .actor = p.name(),
+                             .action = fmt::format("{} {}", std::string(x.req.method_string()), std::string(path)),
+                             .target = target,
+                             .detail = fmt::format("status {}", x.status),
+                             .client_address = address,
+                             .created_at_ms = 0});
+}
+
 std::string client_address(exchange& x) {
     beast::error_code ec;
     const auto endpoint = x.client.socket.remote_endpoint(ec);
@@ -361,6 +372,7 @@ awaitable<void> admin_call(exchange& x) {
         }
         if (!may_call(*found, p)) {
             co_await reply_error(x, 403, "forbidden", "This credential may not call this endpoint");
+            if (found->method != http::verb::get) audit(x, p, path, {}, address);
             co_return;
         }
         if (p.who == role::user) {
@@ -389,16 +401,9 @@ awaitable<void> admin_call(exchange& x) {
     }
     co_await found->handler(c);
 
-    // Every change is audit-logged, refused or not: who, what, when, from where.
-    if (found->method != http::verb::get) {
-        x.a.ledger.record_audit({.id = 0,
-                                 .actor = p.name(),
-                                 .action = fmt::format("{} {}", std::string(x.req.method_string()), std::string(path)),
-                                 .target = c.audit_target,
-                                 .detail = fmt::format("status {}", x.status),
-                                 .client_address = address,
-                                 .created_at_ms = 0});
-    }
+    // Every change an authenticated caller asks for is audit-logged, refused
+    // or not: who, what, on whom, the status, from where.
+    if (found->method != http::verb::get) audit(x, p, path, c.audit_target, address);
 }
 
 }  // namespace tollgate::proxy

@@ -170,6 +170,12 @@ awaitable<void> create_key(call& c) {
     const auto name = b.text("name", false, 256);
     const auto rpm = b.integer("rpm_limit", false, 1, 1'000'000'000);
     if (b.failed()) co_return co_await answer_refusal(c.x, b);
+    // A user may not raise their own rate limit above the default.
+    if (rpm && c.p.who == role::user && *rpm > c.x.a.settings.default_rpm_limit) {
+        b.refuse("rpm_limit", fmt::format("'rpm_limit' may be at most {} (an admin may set more)",
+                                          c.x.a.settings.default_rpm_limit));
+        co_return co_await answer_refusal(c.x, b);
+    }
     const auto user = co_await subject(c, user_id);
     if (!user) co_return;
     if (!co_await claim_idempotency_key(c)) co_return;

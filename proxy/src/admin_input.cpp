@@ -127,7 +127,67 @@ body::body(const std::string& text) {
     }
 }
 
+namespace {
+
+// Reads a value to its end, so On Demand checks all of it (it steps over
+// what nobody reads unchecked); nesting deeper than 64 is refused.
+bool consume(simdjson::ondemand::value value, int depth) {
+    if (depth > 64) return false;
+    simdjson::ondemand::json_type type;
+    if (value.type().get(type)) return false;
+    switch (type) {
+        case simdjson::ondemand::json_type::object: {
+            simdjson::ondemand::object obj;
+            if (value.get_object().get(obj)) return false;
+            for (auto field : obj) {
+                std::string_view key;
+                simdjson::ondemand::value v;
+                if (field.unescaped_key().get(key) || field.value().get(v) || !consume(v, depth + 1)) return false;
+            }
+            return true;
+        }
+        case simdjson::ondemand::json_type::array: {
+            simdjson::ondemand::array items;
+            if (value.get_array().get(items)) return false;
+            for (auto item : items) {
+                simdjson::ondemand::value v;
+                if (item.get(v) || !consume(v, depth + 1)) return false;
+            }
+            return true;
+        }
+        case simdjson::ondemand::json_type::string: {
+            std::string_view ignored;
+            return !value.get_string().get(ignored);
+        }
+        case simdjson::ondemand::json_type::number: {
+            double ignored = 0;  // any JSON number reads as a double; no money goes through here
+            return !value.get_double().get(ignored);
+        }
+        case simdjson::ondemand::json_type::boolean: {
+            bool ignored = false;
+            return !value.get_bool().get(ignored);
+        }
+        case simdjson::ondemand::json_type::null: {
+            bool null = false;
+            return !value.is_null().get(null) && null;
+        }
+    }
+    return false;
+}
+
+}  // namespace
+
+// On Demand reads the members; every value, read or not, is consumed to
+// its end so malformed JSON anywhere is refused. The DOM parser checks the
+// text first, trailing content included (it calls a number beyond 64 bits
+// a NUMBER_ERROR: that one error is left to the reading below, which reads
+// every number).
 bool body::parse(const std::string& text) {
+    {
+        simdjson::dom::parser whole;
+        const auto error = whole.parse(text).error();
+        if (error && error != simdjson::NUMBER_ERROR) return false;
+    }
     simdjson::ondemand::parser parser;
     simdjson::padded_string padded(text);
     simdjson::ondemand::document doc;
@@ -135,8 +195,8 @@ bool body::parse(const std::string& text) {
     if (parser.iterate(padded).get(doc) || doc.get_object().get(obj)) return false;
     for (auto field : obj) {
         std::string_view key;
-        if (field.unescaped_key().get(key)) return false;
-        auto value = field.value();
+        simdjson::ondemand::value value;
+        if (field.unescaped_key().get(key) || field.value().get(value)) return false;
         simdjson::ondemand::json_type type;
         if (value.type().get(type)) return false;
         member m{member::kind::other, {}, 0, {}};
@@ -152,7 +212,7 @@ bool body::parse(const std::string& text) {
                 if (!value.get_int64().get(v)) {
                     m = {member::kind::integer, {}, v, {}};
                 } else {
-                    double ignored = 0;  // only to consume the token: not a money value
+                    double ignored = 0;  // only to check and consume the token: not a money value
                     if (value.get_double().get(ignored)) return false;
                     m.type = member::kind::number;
                 }
@@ -164,24 +224,35 @@ bool body::parse(const std::string& text) {
                 m.type = member::kind::boolean;
                 break;
             }
-            case simdjson::ondemand::json_type::null:
+            case simdjson::ondemand::json_type::null: {
+                bool null = false;
+                if (value.is_null().get(null) || !null) return false;
                 m.type = member::kind::null;
                 break;
+            }
             case simdjson::ondemand::json_type::array: {
                 simdjson::ondemand::array items;
                 if (value.get_array().get(items)) return false;
                 m.type = member::kind::strings;
                 for (auto item : items) {
+                    simdjson::ondemand::value v;
+                    if (item.get(v)) return false;
                     std::string_view s;
-                    if (item.get_string().get(s)) {
-                        m.type = member::kind::other;  // not all strings: skipped
-                        continue;
+                    simdjson::ondemand::json_type item_type;
+                    if (v.type().get(item_type)) return false;
+                    if (item_type == simdjson::ondemand::json_type::string) {
+                        if (v.get_string().get(s)) return false;
+                        if (m.type == member::kind::strings) m.strings.emplace_back(s);
+                    } else {
+                        if (!consume(v, 1)) return false;
+                        m.type = member::kind::other;  // not all strings
+                        m.strings.clear();
                     }
-                    if (m.type == member::kind::strings) m.strings.emplace_back(s);
                 }
                 break;
             }
-            default:  // an object: skipped (On Demand steps over it)
+            case simdjson::ondemand::json_type::object:
+                if (!consume(value, 0)) return false;
                 break;
         }
         members_.insert_or_assign(std::string(key), std::move(m));

@@ -116,7 +116,14 @@ TEST_CASE("body: members read with their types checked, the first problem named"
 }
 
 TEST_CASE("body: what is not a JSON object is refused as a whole") {
-    for (const char* text : {"", "[]", "12", "\"x\"", "{", "{\"a\":}", "{\"a\":1,}", "nul", "{\"a\" 1}"}) {
+    const std::string deep = "{\"x\":" + std::string(100, '[') + std::string(100, ']') + "}";
+    for (const std::string& text :
+         {std::string(), std::string("[]"), std::string("12"), std::string("\"x\""), std::string("{"),
+          std::string("{\"a\":}"), std::string("{\"a\":1,}"), std::string("nul"), std::string("{\"a\" 1}"),
+          // Malformed members nobody reads, trailing content, too deep.
+          std::string("{\"a\":1} x"), std::string("{\"a\":1}{}"), std::string("{\"x\":[1 2]}"),
+          std::string("{\"x\":{\"a\" 1}}"), std::string("{\"x\":[}"), std::string("{\"x\":[\"s\",tru]}"),
+          std::string("{\"x\":01}"), std::string("{\"a\":99999999999999999999,\"x\":[1 2]}"), deep}) {
         INFO(text);
         body b(text);
         CHECK(b.failed());

@@ -292,7 +292,7 @@ std::string client_address(exchange& x) {
     return ec ? std::string("unknown") : endpoint.address().to_string();
 }
 
-// A printable ASCII key of 1..255 characters (Stripe's limit).
+// A key of 1..255 visible ASCII characters (Stripe's limit).
 bool valid_idempotency_key(std::string_view key) {
     if (key.empty() || key.size() > 255) return false;
     for (const char ch : key) {
@@ -390,7 +390,7 @@ awaitable<void> admin_call(exchange& x) {
         c.idempotency_key = std::string(header->value());
         if (found->idem != idempotency::ignored && !valid_idempotency_key(c.idempotency_key)) {
             co_await reply_error(x, 400, "invalid_value",
-                                 "'Idempotency-Key' must be 1 to 255 printable ASCII characters", "Idempotency-Key");
+                                 "'Idempotency-Key' must be 1 to 255 visible ASCII characters ('!' to '~')", "Idempotency-Key");
             co_return;
         }
     }

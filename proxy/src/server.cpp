@@ -164,6 +164,17 @@ awaitable<void> session(app& a, worker& w, tcp::socket socket) {
             break;
         }
         if (ec) break;  // closed, reset or timed out between requests
+        // Two credentials or two Idempotency-Keys in one request: which one
+        // counts would be a guess (an injected header could pick it), so
+        // the request is refused whole.
+        if (const auto& h = parser.get(); h.count(http::field::authorization) > 1 || h.count("idempotency-key") > 1) {
+            request req;
+            exchange x{.a = a, .w = w, .client = client, .req = req, .request_id = new_request_id(), .keep_alive = false};
+            co_await reply_error(x, 400, "bad_request",
+                                 "A request may carry at most one Authorization and one Idempotency-Key header");
+            a.stats.count_request(route_label::other, 400, 0);
+            break;
+        }
         const auto started = std::chrono::steady_clock::now();
         auto req = parser.release();
         exchange x{.a = a, .w = w, .client = client, .req = req, .request_id = new_request_id()};

@@ -8,6 +8,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import {
   startStack, httpFetch, ADMIN_TOKEN, assertLedgerOk, sseData, e2eRequire,
@@ -1021,5 +1022,597 @@ describe('g. GET /credits/balance/stream', () => {
     // The server still answers after the client left the stream.
     expectStatus(await api('GET', `/credits/balance?user_id=${u.id}`), 200);
     await ledgerOk('after the balance stream');
+  });
+});
+
+// ---------------------------------------------------------------- h. injection, header injection, oversized input
+
+// SQL that would do harm if a parameter were ever pasted into a statement.
+const SQL_PAYLOADS = [
+  '\'); DROP TABLE users;--',
+  '" OR 1=1 --',
+  '1 UNION SELECT key_hash FROM api_keys--',
+  '\' OR \'1\'=\'1\' /*',
+  '1; DELETE FROM transactions WHERE 1=1; --',
+];
+
+// Collects every difference instead of stopping at the first, so one run
+// names every parameter at fault.
+class Findings {
+  constructor() {
+    this.list = [];
+  }
+
+  // The answer has `status` (and error.param / error.code), is no 5xx and
+  // matches the document. True when all of that holds.
+  status(label, r, status, { param, code } = {}) {
+    const problems = [];
+    if (r.status >= 500) problems.push(`a server error ${r.status}`);
+    if (r.status !== status) {
+      problems.push(`expected ${status}${param ? ` param ${param}` : ''}, got ${r.status}`);
+    } else {
+      if (param !== undefined && r.json?.error?.param !== param) problems.push(`expected error.param ${JSON.stringify(param)}, got ${JSON.stringify(r.json?.error?.param)}`);
+      if (code !== undefined && r.json?.error?.code !== code) problems.push(`expected error.code ${code}, got ${JSON.stringify(r.json?.error?.code)}`);
+      try {
+        assertMatchesDocument(r.method, r.path, r, label);
+      } catch (e) {
+        problems.push(e.message.split('\n')[0]);
+      }
+    }
+    if (problems.length) this.list.push(`${label} [${r.method} ${r.path}]: ${problems.join('; ')} — ${r.text.slice(0, 300)}`);
+    return problems.length === 0;
+  }
+
+  same(label, got, want) {
+    if (got !== want) this.list.push(`${label}: expected ${JSON.stringify(want)}, got ${JSON.stringify(got)}`);
+  }
+
+  ok(label, cond, detail = '') {
+    if (!cond) this.list.push(`${label}${detail ? `: ${detail}` : ''}`);
+    return Boolean(cond);
+  }
+
+  // Error answers too are JSON, never something a browser would sniff.
+  jsonNosniff(label, headers) {
+    const get = (k) => (typeof headers.get === 'function' ? headers.get(k) : headers[k]);
+    this.ok(`${label}: content-type application/json`, /^application\/json/.test(get('content-type') ?? ''), `got ${JSON.stringify(get('content-type'))}`);
+    this.ok(`${label}: x-content-type-options nosniff`, get('x-content-type-options') === 'nosniff', `got ${JSON.stringify(get('x-content-type-options'))}`);
+  }
+
+  async ledger(when) {
+    const l = await stack.checkLedger();
+    this.ok(`check-ledger ${when}`, l.code === 0 && /ledger OK/.test(l.stdout), `exit ${l.code}: ${l.stdout} ${l.stderr}`);
+  }
+
+  assertNone(what) {
+    assert.deepEqual(this.list, [], `${this.list.length} problems ${what}:\n${this.list.join('\n')}`);
+  }
+}
+
+// Every user, all pages.
+async function allUsers() {
+  const all = [];
+  let cursor = null;
+  for (let page = 0; page < 100; page++) {
+    const r = expectStatus(await api('GET', `/users?limit=200${cursor === null ? '' : `&cursor=${cursor}`}`), 200);
+    all.push(...r.json.data);
+    cursor = r.json.next_cursor;
+    if (cursor === null) return all;
+  }
+  throw new Error('more than 100 pages of users');
+}
+
+// The HTTP/1.1 answers in `text`, one after the other (Content-Length or
+// chunked bodies).
+function parseResponses(text) {
+  const out = [];
+  let rest = text;
+  while (rest.length > 0) {
+    const head = /^HTTP\/1\.[01] (\d{3})[^\r\n]*\r\n/.exec(rest);
+    if (!head) {
+      out.push({ status: null, headers: {}, body: rest.slice(0, 300), garbage: true });
+      break;
+    }
+    const end = rest.indexOf('\r\n\r\n');
+    if (end < 0) {
+      out.push({ status: Number(head[1]), headers: {}, body: '', partial: true });
+      break;
+    }
+    const headers = {};
+    for (const line of rest.slice(head[0].length, end).split('\r\n')) {
+      const colon = line.indexOf(':');
+      if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+    }
+    let next = end + 4;
+    let body = '';
+    if (/chunked/i.test(headers['transfer-encoding'] ?? '')) {
+      for (;;) {
+        const lineEnd = rest.indexOf('\r\n', next);
+        if (lineEnd < 0) {
+          next = rest.length;
+          break;
+        }
+        const size = parseInt(rest.slice(next, lineEnd), 16);
+        next = lineEnd + 2;
+        if (!(size > 0)) {
+          const trailerEnd = rest.indexOf('\r\n', next);
+          next = trailerEnd < 0 ? rest.length : trailerEnd + 2;
+          break;
+        }
+        body += rest.slice(next, next + size);
+        next += size + 2;
+      }
+    } else {
+      const length = Number(headers['content-length'] ?? 0);
+      body = rest.slice(next, next + length);
+      next += length;
+    }
+    out.push({ status: Number(head[1]), headers, body });
+    rest = rest.slice(next);
+  }
+  return out;
+}
+
+// Sends `bytes` as they are on a new TCP connection to tollgate and reads
+// until the server closes, or until nothing more came for `idleMs` after
+// the last byte (the server may keep the connection open for another
+// request), or `totalMs`.
+function rawExchange(bytes, { idleMs = 1_000, totalMs = 20_000 } = {}) {
+  const { hostname, port } = new URL(stack.url);
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: hostname, port: Number(port) });
+    const chunks = [];
+    let done = false;
+    let idle;
+    let total;
+    const finish = (how, error) => {
+      if (done) return;
+      done = true;
+      clearTimeout(idle);
+      clearTimeout(total);
+      socket.destroy();
+      const text = Buffer.concat(chunks).toString('latin1');
+      resolve({ how, error, text, responses: parseResponses(text) });
+    };
+    total = setTimeout(() => finish('timeout'), totalMs);
+    socket.on('connect', () => socket.write(Buffer.from(bytes, 'latin1')));
+    socket.on('data', (d) => {
+      chunks.push(d);
+      clearTimeout(idle);
+      idle = setTimeout(() => finish('idle'), idleMs);
+    });
+    socket.on('end', () => finish('closed'));
+    socket.on('error', (e) => finish('error', e.message));
+  });
+}
+
+describe('h. injection in every parameter, header injection, oversized input', () => {
+  it('SQL injection in every string parameter (body, query, path, headers): stored verbatim or 400 naming it, never a 5xx; nothing is lost', async () => {
+    const f = new Findings();
+    const earlier = await allUsers();
+    assert.ok(earlier.length > 0, 'the earlier cases created users');
+    const created = []; // the users whose email and name are payloads
+    const from = day(-1);
+    const to = day(1);
+    for (const [i, p] of SQL_PAYLOADS.entries()) {
+      const t = `payload ${i} ${JSON.stringify(p)}`;
+      const q = encodeURIComponent(p);
+      const n = unique('sqli');
+      const s = (await newUser('starter')).id; // the subject of this payload's calls
+      let r;
+
+      // POST /users: email and name stored verbatim; tier refused.
+      const email = `${p}${n}@example.com`;
+      r = await api('POST', '/users', { body: { email, name: p, tier: 'starter' }, check: false });
+      if (f.status(`${t}: POST /users email and name`, r, 201)) {
+        f.same(`${t}: POST /users answer's email`, r.json.user.email, email);
+        f.same(`${t}: POST /users answer's name`, r.json.user.name, p);
+        const id = r.json.user.id;
+        created.push({ id, email, name: p });
+        r = await api('GET', `/users/${id}`, { check: false });
+        if (f.status(`${t}: GET /users/{id} of the payload user`, r, 200)) {
+          f.same(`${t}: GET /users/{id} email`, r.json.email, email);
+          f.same(`${t}: GET /users/{id} name`, r.json.name, p);
+        }
+      }
+      const refusedEmail = `${unique('sqli-tier')}@example.com`;
+      f.status(`${t}: POST /users tier`, await api('POST', '/users', { body: { email: refusedEmail, tier: p }, check: false }), 400, { param: 'tier' });
+      // The refused call created nobody: its address is still free.
+      f.status(`${t}: POST /users with the address of the refused call`, await api('POST', '/users', { body: { email: refusedEmail, tier: 'free' }, check: false }), 201);
+
+      // PATCH /users/{id}: tier and status refused, the user unchanged.
+      f.status(`${t}: PATCH /users/{id} tier`, await api('PATCH', `/users/${s}`, { body: { tier: p }, check: false }), 400, { param: 'tier' });
+      f.status(`${t}: PATCH /users/{id} status`, await api('PATCH', `/users/${s}`, { body: { status: p }, check: false }), 400, { param: 'status' });
+      r = await api('GET', `/users/${s}`, { check: false });
+      if (f.status(`${t}: GET /users/{id} after the refused PATCHes`, r, 200)) {
+        f.same(`${t}: tier after the refused PATCH`, r.json.tier, 'starter');
+        f.same(`${t}: status after the refused PATCH`, r.json.status, 'active');
+      }
+
+      // POST /keys: name verbatim, in the answer and in GET /keys.
+      r = await api('POST', '/keys', { body: { user_id: s, name: p }, check: false });
+      if (f.status(`${t}: POST /keys name`, r, 201)) {
+        f.same(`${t}: POST /keys answer's name`, r.json.key.name, p);
+        const keyId = r.json.key.id;
+        r = await api('GET', `/keys?user_id=${s}`, { check: false });
+        if (f.status(`${t}: GET /keys`, r, 200)) f.same(`${t}: GET /keys name of the new key`, r.json.data.find((k) => k.id === keyId)?.name, p);
+      }
+
+      // POST /service-tokens: name verbatim; a payload scope refused.
+      r = await api('POST', '/service-tokens', { body: { name: p, scopes: ['meter'] }, check: false });
+      if (f.status(`${t}: POST /service-tokens name`, r, 201)) f.same(`${t}: POST /service-tokens answer's name`, r.json.name, p);
+      f.status(`${t}: POST /service-tokens scopes [payload]`, await api('POST', '/service-tokens', { body: { name: 'sqli', scopes: [p] }, check: false }), 400, { param: 'scopes' });
+      f.status(`${t}: POST /service-tokens scopes [meter, payload]`, await api('POST', '/service-tokens', { body: { name: 'sqli', scopes: ['meter', p] }, check: false }), 400, { param: 'scopes' });
+
+      // allocate: kind and expires_at refused; reason verbatim; the payload
+      // as Idempotency-Key replays the first answer.
+      f.status(`${t}: allocate kind`, await api('POST', '/credits/allocate', { body: { user_id: s, amount_micros: 1_000, kind: p }, check: false }), 400, { param: 'kind' });
+      f.status(`${t}: allocate expires_at`, await api('POST', '/credits/allocate', { body: { user_id: s, amount_micros: 1_000, expires_at: p }, check: false }), 400, { param: 'expires_at' });
+      const grant = { user_id: s, amount_micros: 2_000, kind: 'bonus', reason: p };
+      // An Idempotency-Key is 1 to 255 of ! to ~ (openapi.json: ^[!-~]+$):
+      // the payload with its spaces is refused, without them it is a key.
+      if (p.includes(' ')) {
+        f.status(`${t}: allocate with the payload (spaces included) as Idempotency-Key`, await api('POST', '/credits/allocate', {
+          body: grant, headers: { 'Idempotency-Key': `${p}${n}` }, check: false,
+        }), 400, { param: 'Idempotency-Key' });
+      }
+      const idem = `${p.replaceAll(' ', '')}${n}`;
+      r = await api('POST', '/credits/allocate', { body: grant, headers: { 'Idempotency-Key': idem }, check: false });
+      if (f.status(`${t}: allocate reason, the payload without spaces as Idempotency-Key`, r, 201)) {
+        f.same(`${t}: allocate answer's reason`, r.json.transaction.reason, p);
+        const again = await api('POST', '/credits/allocate', { body: grant, headers: { 'Idempotency-Key': idem }, check: false });
+        if (f.status(`${t}: allocate replayed with the payload Idempotency-Key`, again, 201)) {
+          f.same(`${t}: the replayed allocate's transaction id`, again.json.transaction.id, r.json.transaction.id);
+        }
+      }
+
+      // deduct: event_id and reason stored; the same event_id replays under
+      // another Idempotency-Key, another amount with it is 409.
+      const deductBody = { user_id: s, amount_micros: 1_000, reason: p, event_id: `${p}${n}` };
+      r = await api('POST', '/credits/deduct', { body: deductBody, headers: { 'Idempotency-Key': unique('sqli-deduct') }, check: false });
+      let deducted;
+      if (f.status(`${t}: deduct event_id and reason`, r, 201)) {
+        deducted = r.json;
+        f.same(`${t}: deduct answer's reason`, r.json.transaction.reason, p);
+        const again = await api('POST', '/credits/deduct', { body: deductBody, headers: { 'Idempotency-Key': unique('sqli-deduct') }, check: false });
+        if (f.status(`${t}: deduct replayed by its event_id`, again, 201)) {
+          f.same(`${t}: the replayed deduct's transaction id`, again.json.transaction.id, r.json.transaction.id);
+        }
+        f.status(`${t}: deduct with the same event_id and another amount`, await api('POST', '/credits/deduct', {
+          body: { ...deductBody, amount_micros: 1_001 }, headers: { 'Idempotency-Key': unique('sqli-deduct') }, check: false,
+        }), 409, { code: 'idempotency_conflict' });
+      }
+
+      // refund: reason verbatim.
+      if (deducted) {
+        r = await api('POST', '/credits/refund', {
+          body: { user_id: s, amount_micros: 100, usage_event_id: deducted.transaction.usage_event_id, reason: p }, check: false,
+        });
+        if (f.status(`${t}: refund reason`, r, 201)) f.same(`${t}: refund answer's reason`, r.json.transaction.reason, p);
+      }
+
+      // metering/track: event_id and model stored; service and occurred_at refused.
+      const trackBody = { event_id: `${p}${n}-track`, user_id: s, service: 'search' };
+      r = await api('POST', '/metering/track', { body: trackBody, headers: { 'Idempotency-Key': unique('sqli-track') }, check: false });
+      if (f.status(`${t}: track event_id`, r, 201)) {
+        f.same(`${t}: track answer's event_id`, r.json.event_id, trackBody.event_id);
+        const again = await api('POST', '/metering/track', { body: trackBody, headers: { 'Idempotency-Key': unique('sqli-track') }, check: false });
+        if (f.status(`${t}: track replayed by its event_id`, again, 201)) {
+          f.same(`${t}: the replayed track's usage_event_id`, again.json.usage_event_id, r.json.usage_event_id);
+        }
+      }
+      f.status(`${t}: track service`, await api('POST', '/metering/track', {
+        body: { event_id: unique('sqli-service'), user_id: s, service: p }, headers: { 'Idempotency-Key': unique('sqli-track') }, check: false,
+      }), 400, { param: 'service' });
+      f.status(`${t}: track occurred_at`, await api('POST', '/metering/track', {
+        body: { event_id: unique('sqli-occurred'), user_id: s, service: 'search', occurred_at: p }, headers: { 'Idempotency-Key': unique('sqli-track') }, check: false,
+      }), 400, { param: 'occurred_at' });
+      r = await api('POST', '/metering/track', {
+        body: { event_id: unique('sqli-model'), user_id: s, service: 'chat', model: p, provider_cost_micros: 1_000 }, headers: { 'Idempotency-Key': unique('sqli-track') }, check: false,
+      });
+      if (f.status(`${t}: track model`, r, 201)) {
+        const m = await api('GET', `/metering/by-model?user_id=${s}&from=${from}&to=${to}`, { check: false });
+        if (f.status(`${t}: GET /metering/by-model`, m, 200)) {
+          f.ok(`${t}: GET /metering/by-model lists the model verbatim`, m.json.data.some((row) => row.model === p), JSON.stringify(m.json.data));
+        }
+      }
+
+      // The reasons are listed verbatim.
+      r = await api('GET', `/credits/transactions?user_id=${s}&limit=200`, { check: false });
+      if (f.status(`${t}: GET /credits/transactions`, r, 200)) {
+        for (const type of ['grant', 'deduct', 'refund']) {
+          f.ok(`${t}: GET /credits/transactions lists a ${type} with the reason verbatim`, r.json.data.some((x) => x.type === type && x.reason === p),
+            JSON.stringify(r.json.data.map((x) => [x.type, x.reason])));
+        }
+      }
+
+      // Query parameters.
+      for (const path of ['/credits/balance', '/credits/transactions', '/keys', '/metering/summary', '/metering/by-model', '/metering/by-date', '/metering/free-tier']) {
+        f.status(`${t}: GET ${path} user_id`, await api('GET', `${path}?user_id=${q}`, { check: false }), 400, { param: 'user_id' });
+      }
+      const stream = await openStream(`/credits/balance/stream?user_id=${q}`, ADMIN_TOKEN);
+      stream.close();
+      f.status(`${t}: GET /credits/balance/stream user_id`, stream.stream, 400, { param: 'user_id' });
+      for (const path of ['/users?', '/audit?', `/credits/transactions?user_id=${s}&`]) {
+        f.status(`${t}: GET ${path} cursor`, await api('GET', `${path}cursor=${q}`, { check: false }), 400, { param: 'cursor' });
+        f.status(`${t}: GET ${path} limit`, await api('GET', `${path}limit=${q}`, { check: false }), 400, { param: 'limit' });
+      }
+      f.status(`${t}: GET /credits/transactions type`, await api('GET', `/credits/transactions?user_id=${s}&type=${q}`, { check: false }), 400, { param: 'type' });
+      for (const path of ['/credits/transactions', '/metering/summary', '/metering/by-model', '/metering/by-date', '/metering/free-tier']) {
+        f.status(`${t}: GET ${path} from`, await api('GET', `${path}?user_id=${s}&from=${q}`, { check: false }), 400, { param: 'from' });
+        f.status(`${t}: GET ${path} to`, await api('GET', `${path}?user_id=${s}&to=${q}`, { check: false }), 400, { param: 'to' });
+      }
+      f.status(`${t}: GET /metering/by-date granularity`, await api('GET', `/metering/by-date?user_id=${s}&granularity=${q}`, { check: false }), 400, { param: 'granularity' });
+
+      // Path ids.
+      f.status(`${t}: GET /users/{payload}`, await api('GET', `/users/${q}`, { check: false }), 404);
+      f.status(`${t}: PATCH /users/{payload}`, await api('PATCH', `/users/${q}`, { body: { status: 'suspended' }, check: false }), 404);
+      f.status(`${t}: DELETE /keys/{payload}`, await api('DELETE', `/keys/${q}`, { check: false }), 404);
+
+      // The payload as a bearer credential.
+      f.status(`${t}: Authorization: Bearer <payload>`, await api('GET', '/users?limit=1', { token: p, check: false }), 401, { code: 'invalid_api_key' });
+    }
+
+    // `1 OR 1=1` style path ids name no user and no key (a lenient number
+    // parse would read 1).
+    for (const id of ['1%20OR%201=1', '1\'%20OR%20\'1\'=\'1', '1;DROP%20TABLE%20users', '1--']) {
+      f.status(`GET /users/${id}`, await api('GET', `/users/${id}`, { check: false }), 404);
+      f.status(`PATCH /users/${id}`, await api('PATCH', `/users/${id}`, { body: { status: 'suspended' }, check: false }), 404);
+      f.status(`DELETE /keys/${id}`, await api('DELETE', `/keys/${id}`, { check: false }), 404);
+    }
+
+    // The database is intact: every earlier user is listed as it was, the
+    // payload users verbatim, the ledger checks out.
+    const now = await allUsers();
+    const byId = new Map(now.map((u) => [u.id, u]));
+    for (const u of earlier) {
+      const v = byId.get(u.id);
+      f.ok(`user ${u.id} from the earlier cases is listed unchanged`,
+        v && v.email === u.email && v.name === u.name && v.tier === u.tier && v.status === u.status, `${JSON.stringify(u)} → ${JSON.stringify(v)}`);
+    }
+    for (const u of created) {
+      const v = byId.get(u.id);
+      f.ok(`payload user ${u.id} is listed verbatim by GET /users`, v && v.email === u.email && v.name === u.name, `${JSON.stringify(u)} → ${JSON.stringify(v)}`);
+    }
+    f.ok('GET /users lists at least the earlier and the payload users', now.length >= earlier.length + created.length, `${earlier.length} + ${created.length} → ${now.length}`);
+    f.status('GET /audit after the payloads', await api('GET', '/audit?limit=200', { check: false }), 200);
+    f.status('GET /tiers/compare after the payloads', await api('GET', '/tiers/compare', { check: false }), 200);
+    await f.ledger('after the SQL-injection payloads');
+    f.assertNone('with SQL-injection payloads');
+  });
+
+  it('header injection over raw TCP: bare CR, bare LF, NUL, CRLF-injected headers and smuggled requests are refused, never authenticated, never answered twice; obs-fold is read as a space', async () => {
+    const f = new Findings();
+    const victim = await newUser('starter');
+    const before = (await balanceOf(victim.id)).balance_micros;
+    const admin = `Authorization: Bearer ${ADMIN_TOKEN}`;
+    const getUsers = `GET ${API}/users?limit=200 HTTP/1.1\r\nHost: 127.0.0.1\r\n`;
+    const smuggled = `GET ${API}/users?limit=200 HTTP/1.1\r\nHost: 127.0.0.1\r\n${admin}\r\n\r\n`;
+    const grant = JSON.stringify({ user_id: victim.id, amount_micros: 1_000_000, kind: 'bonus', reason: 'header injection' });
+    const other = await newUser('starter');
+    const otherBefore = (await balanceOf(other.id)).balance_micros;
+    const otherGrant = JSON.stringify({ user_id: other.id, amount_micros: 1_000, kind: 'bonus', reason: 'two Idempotency-Keys' });
+    const allocate = `POST ${API}/credits/allocate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n`;
+    // [name, bytes, statuses allowed for the one answer]
+    const cases = [
+      ['a bare CR inside a header value', `${getUsers}${admin}\r\nX-Note: a\rb\r\n\r\n`, [400]],
+      ['a bare LF inside a header value', `${getUsers}${admin}\r\nX-Note: a\nb\r\n\r\n`, [400]],
+      ['a bare LF followed by a fake Authorization header', `${getUsers}X-Note: a\n${admin}\r\n\r\n`, [400]],
+      ['a NUL inside a header value', `${getUsers}${admin}\r\nX-Note: a\0b\r\n\r\n`, [400]],
+      ['CRLF and a header line without a colon in a header value', `${getUsers}${admin}\r\nX-Note: a\r\nnot a header line\r\n\r\n`, [400]],
+      // On the wire a CRLF in a value is a second field line: Authorization
+      // and Idempotency-Key are singletons, so two of them are refused
+      // rather than one picked (which one wins would be the injector's choice).
+      ['CRLF and the admin token after a wrong token in the Authorization value',
+        `${getUsers}Authorization: Bearer ${WRONG_TOKEN}\r\n${admin}\r\n\r\n`, [400]],
+      ['CRLF and the admin token after a user key in the Authorization value',
+        `${getUsers}Authorization: Bearer ${victim.apiKey}\r\n${admin}\r\n\r\n`, [400]],
+      ['CRLF and the admin token in an Idempotency-Key value after the user key',
+        `${allocate}Authorization: Bearer ${victim.apiKey}\r\nIdempotency-Key: ${unique('inject')}\r\n${admin}\r\nContent-Length: ${grant.length}\r\n\r\n${grant}`, [400]],
+      ['CRLF and the admin token in an Idempotency-Key value before the user key',
+        `${allocate}Idempotency-Key: ${unique('inject')}\r\n${admin}\r\nAuthorization: Bearer ${victim.apiKey}\r\nContent-Length: ${grant.length}\r\n\r\n${grant}`, [400]],
+      ['CRLF and a second Idempotency-Key in an Idempotency-Key value',
+        `${allocate}${admin}\r\nIdempotency-Key: ${unique('inject')}\r\nIdempotency-Key: ${unique('inject')}\r\nContent-Length: ${otherGrant.length}\r\n\r\n${otherGrant}`, [400]],
+      ['a request smuggled after a bare CR in a header value',
+        `${getUsers}Authorization: Bearer ${WRONG_TOKEN}\r\nX-Note: a\rb\r\n\r\n${smuggled}`, [400]],
+      ['a request smuggled after bare LFs in a header value',
+        `GET ${API}/tiers/compare HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${WRONG_TOKEN}\r\nX-Note: a\n\nGET ${API}/users?limit=200 HTTP/1.1\nHost: 127.0.0.1\n${admin}\n\n`, [400]],
+      ['a request smuggled as \\r\\n\\r\\n<request> in an Idempotency-Key value after Content-Length (it is the body)',
+        `${allocate}Authorization: Bearer ${victim.apiKey}\r\nContent-Length: ${smuggled.length}\r\nIdempotency-Key: k\r\n\r\n${smuggled}`, [400, 403]],
+      ['a request smuggled behind Content-Length and Transfer-Encoding together (CL.TE)',
+        `${allocate}Authorization: Bearer ${WRONG_TOKEN}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${smuggled}`, [400]],
+      ['a request smuggled behind two different Content-Lengths',
+        `${allocate}Authorization: Bearer ${WRONG_TOKEN}\r\nContent-Length: 0\r\nContent-Length: ${smuggled.length}\r\n\r\n${smuggled}`, [400]],
+    ];
+    for (const [name, bytes, allowed] of cases) {
+      const x = await rawExchange(bytes);
+      const problems = [];
+      if (x.responses.length > 1) problems.push(`${x.responses.length} answers: a smuggled request was answered`);
+      if (x.responses.some((r) => r.status >= 200 && r.status < 300)) problems.push('a 2xx answer: treated as a valid, authenticated request');
+      if (x.responses.some((r) => /"data"\s*:\s*\[/.test(r.body))) problems.push('the users list was answered');
+      if (x.responses.some((r) => r.status >= 500)) problems.push('a 5xx answer');
+      if (x.responses.length === 0) {
+        // Closing without a word is allowed; leaving it open is not.
+        if (x.how !== 'closed' && x.how !== 'error') problems.push('no answer, and the connection stayed open');
+      } else {
+        const first = x.responses[0];
+        if (!allowed.includes(first.status)) problems.push(`expected ${allowed.join(' or ')} (or the connection closed), got ${first.status}`);
+        if (first.status >= 400) f.jsonNosniff(`${name}: the ${first.status} answer`, first.headers);
+      }
+      f.ok(`raw request with ${name}`, problems.length === 0,
+        `${problems.join('; ')} — answers ${JSON.stringify(x.responses.map((r) => r.status))}, exchange ended by ${x.how}${x.error ? ` (${x.error})` : ''}; `
+        + `sent ${JSON.stringify(bytes.slice(0, 400))}; got ${JSON.stringify(x.text.slice(0, 300))}`);
+    }
+    // obs-fold: RFC 7230 §3.2.4 lets a server either refuse it (400) or
+    // read each fold as a space. tollgate (Beast) reads it as a space: the
+    // continuation joins its own line and never becomes a header or a
+    // request of its own, so a folded wrong token stays wrong.
+    const compare = `GET ${API}/tiers/compare HTTP/1.1\r\nHost: 127.0.0.1\r\n`;
+    const folds = [
+      ['an obs-fold continuation line', `${compare}${admin}\r\nX-Note: a\r\n folded\r\n\r\n`, [200, 400]],
+      ['an obs-fold joining "Bearer" and the admin token', `${compare}Authorization: Bearer\r\n ${ADMIN_TOKEN}\r\n\r\n`, [200, 400]],
+      ['an obs-fold continuation that looks like the admin credential after a wrong token',
+        `${compare}Authorization: Bearer ${WRONG_TOKEN}\r\n ${admin}\r\n\r\n`, [400, 401]],
+      ['an obs-fold continuation that looks like a request line', `${compare}${admin}\r\nX-Note: a\r\n ${smuggled}`, [200, 400]],
+    ];
+    for (const [name, bytes, allowed] of folds) {
+      const x = await rawExchange(bytes);
+      const statuses = x.responses.map((r) => r.status);
+      f.ok(`raw request with ${name}`, x.responses.length === 1 && allowed.includes(statuses[0])
+        && !x.responses.some((r) => /"email"/.test(r.body)),
+      `expected one answer, ${allowed.join(' or ')}, never the users list; got ${JSON.stringify(statuses)} (${x.how}); `
+        + `sent ${JSON.stringify(bytes.slice(0, 300))}; got ${JSON.stringify(x.text.slice(0, 300))}`);
+    }
+    f.same('the victim\'s balance after the injection attempts (no allocation as the admin)', (await balanceOf(victim.id)).balance_micros, before);
+    f.same('the balance of the user of the two-Idempotency-Keys allocate', (await balanceOf(other.id)).balance_micros, otherBefore);
+    f.status('GET /tiers/compare after the raw requests', await api('GET', '/tiers/compare', { check: false }), 200);
+    await f.ledger('after header injection');
+    f.assertNone('with header injection');
+  });
+
+  it('script payloads: names and reasons stored verbatim; every answer, errors included, is application/json with nosniff', async () => {
+    const f = new Findings();
+    const payloads = ['<script>alert(1)</script>', '"><img src=x onerror=alert(1)>', '</script><svg onload=alert(document.cookie)>'];
+    const u = (await newUser('starter')).id;
+    for (const x of payloads) {
+      const t = JSON.stringify(x);
+      const q = encodeURIComponent(x);
+      const n = unique('xss');
+      const answer = (label, r, status, opts) => {
+        f.status(`${t}: ${label}`, r, status, opts);
+        f.jsonNosniff(`${t}: ${label}`, r.headers);
+        return r.status === status;
+      };
+      // Errors.
+      answer('POST /users tier', await api('POST', '/users', { body: { email: `${n}@example.com`, tier: x }, check: false }), 400, { param: 'tier' });
+      answer('PATCH /users/{id} status', await api('PATCH', `/users/${u}`, { body: { status: x }, check: false }), 400, { param: 'status' });
+      answer('allocate kind', await api('POST', '/credits/allocate', { body: { user_id: u, amount_micros: 1_000, kind: x }, check: false }), 400, { param: 'kind' });
+      answer('track service', await api('POST', '/metering/track', {
+        body: { event_id: `${n}-svc`, user_id: u, service: x }, headers: { 'Idempotency-Key': unique('xss') }, check: false,
+      }), 400, { param: 'service' });
+      answer('GET /credits/balance user_id', await api('GET', `/credits/balance?user_id=${q}`, { check: false }), 400, { param: 'user_id' });
+      answer('GET /metering/by-date granularity', await api('GET', `/metering/by-date?user_id=${u}&granularity=${q}`, { check: false }), 400, { param: 'granularity' });
+      answer('GET /users/{payload}', await api('GET', `/users/${q}`, { check: false }), 404);
+      answer('Bearer <payload>', await api('GET', '/users?limit=1', { token: x, check: false }), 401, { code: 'invalid_api_key' });
+      // Outside the document: an unknown path and a wrong method.
+      for (const [method, path, status, body] of [['GET', `/${q}`, 404], ['POST', `/${q}`, 404, { name: x }], ['PUT', '/users', 405, { name: x }]]) {
+        const r = await api(method, path, { body, check: false });
+        f.ok(`${t}: ${method} ${API}${path}: expected ${status}`, r.status === status, `got ${r.status}: ${r.text.slice(0, 300)}`);
+        f.ok(`${t}: ${method} ${API}${path}: the body is JSON`, r.json !== undefined, r.text.slice(0, 300));
+        f.jsonNosniff(`${t}: ${method} ${API}${path}`, r.headers);
+      }
+      // Stored verbatim.
+      let r = await api('POST', '/users', { body: { email: `${n}-name@example.com`, name: x }, check: false });
+      if (answer('POST /users name', r, 201)) {
+        f.same(`${t}: POST /users answer's name`, r.json.user.name, x);
+        r = await api('GET', `/users/${r.json.user.id}`, { check: false });
+        if (answer('GET /users/{id}', r, 200)) f.same(`${t}: GET /users/{id} name`, r.json.name, x);
+      }
+      r = await api('POST', '/keys', { body: { user_id: u, name: x }, check: false });
+      if (answer('POST /keys name', r, 201)) f.same(`${t}: POST /keys answer's name`, r.json.key.name, x);
+      r = await api('POST', '/service-tokens', { body: { name: x, scopes: ['billing'] }, check: false });
+      if (answer('POST /service-tokens name', r, 201)) f.same(`${t}: POST /service-tokens answer's name`, r.json.name, x);
+      r = await api('POST', '/credits/allocate', { body: { user_id: u, amount_micros: 1_000, reason: x }, check: false });
+      if (answer('allocate reason', r, 201)) f.same(`${t}: allocate answer's reason`, r.json.transaction.reason, x);
+      r = await api('POST', '/credits/deduct', { body: { user_id: u, amount_micros: 500, reason: x, event_id: `${x}${n}` }, headers: { 'Idempotency-Key': unique('xss') }, check: false });
+      if (answer('deduct reason and event_id', r, 201)) f.same(`${t}: deduct answer's reason`, r.json.transaction.reason, x);
+      r = await api('POST', '/metering/track', {
+        body: { event_id: `${x}${n}-track`, user_id: u, service: 'chat', model: x, provider_cost_micros: 100 }, headers: { 'Idempotency-Key': unique('xss') }, check: false,
+      });
+      if (answer('track event_id and model', r, 201)) f.same(`${t}: track answer's event_id`, r.json.event_id, `${x}${n}-track`);
+      r = await api('GET', `/metering/by-model?user_id=${u}&from=${day(-1)}&to=${day(1)}`, { check: false });
+      if (answer('GET /metering/by-model', r, 200)) f.ok(`${t}: by-model lists the model verbatim`, r.json.data.some((row) => row.model === x), JSON.stringify(r.json.data));
+      r = await api('GET', `/credits/transactions?user_id=${u}&limit=200`, { check: false });
+      if (answer('GET /credits/transactions', r, 200)) {
+        f.ok(`${t}: transactions list the reason verbatim`, r.json.data.filter((row) => row.reason === x).length >= 2, JSON.stringify(r.json.data.map((row) => row.reason)));
+      }
+    }
+    await f.ledger('after the script payloads');
+    f.assertNone('with script payloads');
+  });
+
+  it('oversized strings are 400 naming the field (300-character email, 257-character names, 65-character tier, 256-character event_id, 17 scopes, …); the limits themselves are accepted', async () => {
+    const f = new Findings();
+    const u = (await newUser('starter')).id;
+    const before = (await balanceOf(u)).balance_micros;
+    const idem = () => ({ 'Idempotency-Key': unique('long') });
+    const email300 = `${'a'.repeat(300 - '@example.com'.length)}@example.com`;
+    assert.equal(email300.length, 300);
+    f.status('POST /users with a 300-character email', await api('POST', '/users', { body: { email: email300 }, check: false }), 400, { param: 'email' });
+    f.status('POST /users with a 257-character name', await api('POST', '/users', { body: { email: `${unique('long')}@example.com`, name: 'n'.repeat(257) }, check: false }), 400, { param: 'name' });
+    f.status('POST /users with a 5000-character name', await api('POST', '/users', { body: { email: `${unique('long')}@example.com`, name: 'n'.repeat(5_000) }, check: false }), 400, { param: 'name' });
+    let r = await api('POST', '/users', { body: { email: `${unique('long')}@example.com`, name: 'n'.repeat(256) }, check: false });
+    if (f.status('POST /users with a 256-character name', r, 201)) f.same('the 256-character name', r.json.user.name, 'n'.repeat(256));
+    f.status('POST /users with a 65-character tier', await api('POST', '/users', { body: { email: `${unique('long')}@example.com`, tier: 't'.repeat(65) }, check: false }), 400, { param: 'tier' });
+    f.status('PATCH /users/{id} with a 65-character tier', await api('PATCH', `/users/${u}`, { body: { tier: 't'.repeat(65) }, check: false }), 400, { param: 'tier' });
+    f.status('POST /keys with a 257-character name', await api('POST', '/keys', { body: { user_id: u, name: 'k'.repeat(257) }, check: false }), 400, { param: 'name' });
+    r = await api('POST', '/keys', { body: { user_id: u, name: 'k'.repeat(256) }, check: false });
+    if (f.status('POST /keys with a 256-character name', r, 201)) f.same('the 256-character key name', r.json.key.name, 'k'.repeat(256));
+    f.status('POST /service-tokens with a 257-character name', await api('POST', '/service-tokens', { body: { name: 's'.repeat(257), scopes: ['meter'] }, check: false }), 400, { param: 'name' });
+    const scopes17 = Array.from({ length: 17 }, (_, i) => (i % 2 ? 'billing' : 'meter'));
+    f.status('POST /service-tokens with 17 scopes', await api('POST', '/service-tokens', { body: { name: 'many scopes', scopes: scopes17 }, check: false }), 400, { param: 'scopes' });
+    f.status('POST /service-tokens with 16 scopes', await api('POST', '/service-tokens', { body: { name: 'sixteen scopes', scopes: scopes17.slice(0, 16) }, check: false }), 201);
+    f.status('allocate with a 65-character kind', await api('POST', '/credits/allocate', { body: { user_id: u, amount_micros: 1_000, kind: 'b'.repeat(65) }, check: false }), 400, { param: 'kind' });
+    f.status('deduct with a 256-character event_id', await api('POST', '/credits/deduct', { body: { user_id: u, amount_micros: 1_000, event_id: 'e'.repeat(256) }, headers: idem(), check: false }), 400, { param: 'event_id' });
+    f.status('deduct with a 10000-character event_id', await api('POST', '/credits/deduct', { body: { user_id: u, amount_micros: 1_000, event_id: 'e'.repeat(10_000) }, headers: idem(), check: false }), 400, { param: 'event_id' });
+    const event255 = `${unique('d')}${'e'.repeat(255)}`.slice(0, 255);
+    f.status('deduct with a 255-character event_id', await api('POST', '/credits/deduct', { body: { user_id: u, amount_micros: 1_000, event_id: event255 }, headers: idem(), check: false }), 201);
+    f.status('track with a 256-character event_id', await api('POST', '/metering/track', { body: { event_id: 't'.repeat(256), user_id: u, service: 'search' }, headers: idem(), check: false }), 400, { param: 'event_id' });
+    f.status('track with a 33-character service', await api('POST', '/metering/track', { body: { event_id: unique('long'), user_id: u, service: 's'.repeat(33) }, headers: idem(), check: false }), 400, { param: 'service' });
+    f.status('track with a 257-character model', await api('POST', '/metering/track', { body: { event_id: unique('long'), user_id: u, service: 'chat', model: 'm'.repeat(257), provider_cost_micros: 10 }, headers: idem(), check: false }), 400, { param: 'model' });
+    f.status('track with a 65-character occurred_at', await api('POST', '/metering/track', { body: { event_id: unique('long'), user_id: u, service: 'search', occurred_at: `2026-01-01T00:00:00${'0'.repeat(45)}Z` }, headers: idem(), check: false }), 400, { param: 'occurred_at' });
+    const track255 = `${unique('t')}${'t'.repeat(255)}`.slice(0, 255);
+    r = await api('POST', '/metering/track', { body: { event_id: track255, user_id: u, service: 'search' }, headers: idem(), check: false });
+    if (f.status('track with a 255-character event_id', r, 201)) f.same('the 255-character event_id', r.json.event_id, track255);
+    f.status('GET /credits/transactions with a 10000-character cursor', await api('GET', `/credits/transactions?user_id=${u}&cursor=${'9'.repeat(10_000)}`, { check: false }), 400, { param: 'cursor' });
+    f.status('GET /credits/balance with a 10000-digit user_id', await api('GET', `/credits/balance?user_id=${'1'.repeat(10_000)}`, { check: false }), 400, { param: 'user_id' });
+    f.same('the balance after the oversized calls (one 1000 deduct, one 1000 search event)', (await balanceOf(u)).balance_micros, before - 2_000);
+    await f.ledger('after oversized strings');
+    f.assertNone('with oversized strings');
+  });
+
+  it('a JSON body nested 10000 levels deep is 400 invalid_json or ignored as an unknown member, never a crash; malformed JSON in an unknown member is 400; the server answers afterwards', async () => {
+    const f = new Findings();
+    const u = (await newUser('starter')).id;
+    const before = (await balanceOf(u)).balance_micros;
+    const arrays = (depth) => `${'['.repeat(depth)}${']'.repeat(depth)}`;
+    const objects = (depth) => `${'{"a":'.repeat(depth)}1${'}'.repeat(depth)}`;
+    const known = `"user_id": ${u}, "amount_micros": 1000, "reason": "deep"`;
+    // [name, body, may it be accepted (the deep part an unknown member), any 400 will do]
+    const bodies = [
+      ['10000 nested arrays in an unknown member', `{${known}, "deep": ${arrays(10_000)}}`, true],
+      ['10000 nested objects in an unknown member', `{${known}, "deep": ${objects(10_000)}}`, true],
+      ['10000 nested arrays before the known members', `{"deep": ${arrays(10_000)}, ${known}}`, true],
+      ['100000 nested arrays in an unknown member', `{${known}, "deep": ${arrays(100_000)}}`, true],
+      // Valid JSON, or over simdjson's depth limit: invalid_json, or (read) no user_id.
+      ['a body of 10000 nested objects', objects(10_000), false, true],
+      ['a body of 10000 nested arrays', arrays(10_000), false, true],
+      // Not JSON at all, however the known members read: never accepted.
+      ['10000 unclosed arrays', `{${known}, "deep": ${'['.repeat(10_000)}}`, false],
+      ['an unknown member "[}" (an unclosed array)', `{${known}, "x": [}`, false],
+      ['an unknown member "[1 2 3]" (no commas)', `{${known}, "x": [1 2 3]}`, false],
+      ['an unknown member "{"a" 1}" (no colon)', `{${known}, "x": {"a" 1}}`, false],
+    ];
+    let accepted = 0;
+    for (const [name, raw, mayAccept, any400] of bodies) {
+      let r;
+      try {
+        r = await api('POST', '/credits/allocate', { raw, check: false });
+      } catch (e) {
+        f.ok(`${name}: an answer`, false, `the request failed: ${e.message} ${e.cause?.message ?? ''}`);
+      }
+      if (r) {
+        const ok400 = r.status === 400 && (any400 || r.json?.error?.code === 'invalid_json');
+        const ok201 = mayAccept && r.status === 201;
+        if (r.status === 201) accepted++;
+        f.ok(`${name}: expected 400 invalid_json${mayAccept ? ' or 201 with the member ignored' : ''}`, ok400 || ok201, `got ${r.status}: ${r.text.slice(0, 300)}`);
+        if (ok201) f.same(`${name}: the accepted grant's reason`, r.json.transaction.reason, 'deep');
+        if (r.status >= 400) f.jsonNosniff(`${name}: the ${r.status} answer`, r.headers);
+      }
+      f.status(`GET /tiers/compare after ${name}`, await api('GET', '/tiers/compare', { check: false }), 200);
+    }
+    f.same('the balance after the deep bodies (1000 for each one accepted)', (await balanceOf(u)).balance_micros, before + 1_000 * accepted);
+    await f.ledger('after deeply nested bodies');
+    f.assertNone('with deeply nested JSON');
   });
 });

@@ -31,6 +31,7 @@ void write_batch::clear() {
     credits.clear();
     rollups.clear();
     idempotency.clear();
+    late_statements.clear();
     operations = 0;
 }
 
@@ -183,13 +184,22 @@ void ledger::impl::roll_one_boundary(user_book& u) {
     }
     const std::int64_t keep_micros = std::min(unused_micros, cap_micros);
 
-    // 3. A scheduled downgrade takes effect; 4. the new period begins.
+    // 3. A scheduled downgrade takes effect, or the end of a free-month
+    // trial; 4. the new period begins, with what coupons left on it.
     if (sub.pending_tier) {
         sub.tier = *sub.pending_tier;
         sub.pending_tier.reset();
     }
+    if (sub.revert_at_ms && *sub.revert_at_ms <= boundary) {
+        if (sub.revert_tier) sub.tier = *sub.revert_tier;
+        sub.revert_tier.reset();
+        sub.revert_at_ms.reset();
+    }
     sub.period_start_ms = boundary;
     sub.period_end_ms = civil::next_boundary_after(sub.anchor_ms, boundary);
+    if (sub.discount_periods_left > 0 && --sub.discount_periods_left == 0) sub.discount_percent = 0;
+    sub.period_waived = sub.waive_next_period;
+    sub.waive_next_period = false;
 
     grant_row row;
     row.kind = grant_kind::allocated;
@@ -209,17 +219,25 @@ void ledger::impl::roll_one_boundary(user_book& u) {
         add_grant(u, row, "grant", "tollgate", "monthly credits", std::nullopt);
     }
 
-    const subscription_state snapshot = sub;
+    stage_subscription(u);
+    stage();
+}
+
+void ledger::impl::stage_subscription(const user_book& u) {
+    const subscription_state snapshot = *u.sub;
     const std::int64_t user_id = u.id;
     pending.statements.push_back([snapshot, user_id](sql::database& db) {
         auto s = db.prepare(
-            "UPDATE subscriptions SET tier = ?2, period_start_ms = ?3, period_end_ms = ?4, pending_tier = ?5 "
-            "WHERE user_id = ?1");
-        s->bind(1, user_id).bind(2, snapshot.tier).bind(3, snapshot.period_start_ms).bind(4, snapshot.period_end_ms);
-        s->bind(5, snapshot.pending_tier);
+            "UPDATE subscriptions SET tier = ?2, option = ?3, period_start_ms = ?4, period_end_ms = ?5, "
+            "pending_tier = ?6, discount_percent = ?7, discount_periods_left = ?8, period_waived = ?9, "
+            "waive_next_period = ?10, revert_tier = ?11, revert_at_ms = ?12 WHERE user_id = ?1");
+        s->bind(1, user_id).bind(2, snapshot.tier).bind(3, snapshot.option).bind(4, snapshot.period_start_ms);
+        s->bind(5, snapshot.period_end_ms).bind(6, snapshot.pending_tier);
+        s->bind(7, std::int64_t{snapshot.discount_percent}).bind(8, std::int64_t{snapshot.discount_periods_left});
+        s->bind(9, std::int64_t{snapshot.period_waived}).bind(10, std::int64_t{snapshot.waive_next_period});
+        s->bind(11, snapshot.revert_tier).bind(12, snapshot.revert_at_ms);
         s->run();
     });
-    stage();
 }
 
 void ledger::impl::bring_up_to_date(user_book& u, time_ms at) {

@@ -43,6 +43,12 @@ struct subscription_state {
     time_ms period_start_ms = 0;
     time_ms period_end_ms = 0;
     std::optional<std::string> pending_tier;
+    int discount_percent = 0;
+    int discount_periods_left = 0;
+    bool period_waived = false;
+    bool waive_next_period = false;
+    std::optional<std::string> revert_tier;
+    std::optional<time_ms> revert_at_ms;
 };
 
 struct user_book {
@@ -162,6 +168,9 @@ struct write_batch {
     std::unordered_map<std::int64_t, credits_row> credits;
     std::map<rollup_key, rollup_delta> rollups;
     std::vector<idempotency_row> idempotency;
+    // Rows that name grants or transactions of this batch (coupon
+    // redemptions): written after everything above.
+    std::vector<std::function<void(sql::database&)>> late_statements;
     std::size_t operations = 0;
 
     bool empty() const { return operations == 0; }
@@ -191,8 +200,10 @@ struct ledger::impl {
     std::unordered_set<std::int64_t> key_ids;
     std::unordered_set<std::string> key_hashes;
     std::unordered_map<std::string, tier> tiers_by_id;
+    std::map<std::string, coupon> coupons_by_code;
+    std::map<std::pair<std::string, std::int64_t>, std::int64_t> redemptions_by_code_user;
     std::int64_t next_user_id = 1, next_grant_id = 1, next_txn_id = 1, next_hold_id = 1, next_event_id = 1,
-                 next_key_id = 1, next_service_token_id = 1;
+                 next_key_id = 1, next_service_token_id = 1, next_redemption_id = 1;
     write_batch pending;
     commit_seq pending_seq = 1;
     bool stopping = false;
@@ -254,6 +265,7 @@ struct ledger::impl {
     void bring_up_to_date(user_book& u, time_ms at);
     void expire_due_grants(user_book& u, time_ms at, bool include_period_allocation);
     void roll_one_boundary(user_book& u);
+    void stage_subscription(const user_book& u);  // the whole row, as the book has it
     void close_hold(hold_state& h, const char* state, time_ms at);
     void stage_usage(usage_row row);
     // Records an idempotent grant's or refund's first answer under `key`

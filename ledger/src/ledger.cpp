@@ -93,6 +93,8 @@ std::string_view to_string(result code) {
         case result::refund_exceeds_charge: return "refund_exceeds_charge";
         case result::unknown_key: return "unknown_key";
         case result::key_exists: return "key_exists";
+        case result::coupon_exists: return "coupon_exists";
+        case result::unknown_coupon: return "unknown_coupon";
         case result::storage_failed: return "storage_failed";
     }
     return "unknown";
@@ -314,7 +316,11 @@ std::optional<subscription> ledger::find_subscription(std::int64_t user_id) {
     const auto it = impl_->users.find(user_id);
     if (it == impl_->users.end() || !it->second.sub) return std::nullopt;
     const auto& s = *it->second.sub;
-    return subscription{user_id, s.tier, s.option, s.anchor_ms, s.period_start_ms, s.period_end_ms, s.pending_tier};
+    return subscription{user_id,          s.tier,           s.option,
+                        s.anchor_ms,      s.period_start_ms, s.period_end_ms,
+                        s.pending_tier,   s.discount_percent, s.discount_periods_left,
+                        s.period_waived,  s.waive_next_period, s.revert_tier,
+                        s.revert_at_ms};
 }
 
 simple_outcome ledger::set_overage_limit(std::int64_t user_id, std::int64_t overage_limit_micros) {
@@ -352,13 +358,13 @@ simple_outcome ledger::set_tier(std::int64_t user_id, const std::string& tier_id
     if (!m.tiers_by_id.count(tier_id)) return {result::unknown_tier};
     const auto it = m.users.find(user_id);
     if (it == m.users.end() || !it->second.sub) return {result::unknown_user};
+    // A tier set by hand replaces any scheduled change, a free-month
+    // trial's return included.
     it->second.sub->tier = tier_id;
     it->second.sub->pending_tier.reset();
-    m.pending.statements.push_back([user_id, tier_id](sql::database& db) {
-        auto s = db.prepare("UPDATE subscriptions SET tier = ?2, pending_tier = NULL WHERE user_id = ?1");
-        s->bind(1, user_id).bind(2, tier_id);
-        s->run();
-    });
+    it->second.sub->revert_tier.reset();
+    it->second.sub->revert_at_ms.reset();
+    m.stage_subscription(it->second);
     return {result::ok, m.stage()};
 }
 

@@ -158,14 +158,47 @@ void ledger::impl::load() {
     }
     {
         auto s = db.prepare(
-            "SELECT user_id, tier, option, anchor_ms, period_start_ms, period_end_ms, pending_tier FROM subscriptions");
+            "SELECT user_id, tier, option, anchor_ms, period_start_ms, period_end_ms, pending_tier, discount_percent, "
+            "discount_periods_left, period_waived, waive_next_period, revert_tier, revert_at_ms FROM subscriptions");
         while (s->step()) {
             const auto it = users.find(s->int64(0));
             if (it == users.end()) continue;
             subscription_state sub{s->text(1), s->text(2), s->int64(3), s->int64(4), s->int64(5), std::nullopt};
             if (!s->is_null(6)) sub.pending_tier = s->text(6);
+            sub.discount_percent = static_cast<int>(s->int64(7));
+            sub.discount_periods_left = static_cast<int>(s->int64(8));
+            sub.period_waived = s->int64(9) != 0;
+            sub.waive_next_period = s->int64(10) != 0;
+            if (!s->is_null(11)) sub.revert_tier = s->text(11);
+            sub.revert_at_ms = s->optional_int64(12);
             it->second.sub = std::move(sub);
         }
+    }
+    {
+        auto s = db.prepare(
+            "SELECT code, kind, amount_micros, credit_expires_days, percent_off, duration_months, tier, max_uses, "
+            "per_user_limit, uses, expires_at_ms, active, created_at_ms FROM coupon_codes");
+        while (s->step()) {
+            coupon c;
+            c.code = s->text(0);
+            c.kind = parse_coupon_kind(s->text(1)).value_or(coupon_kind::credit);
+            c.amount_micros = s->optional_int64(2);
+            c.credit_expires_days = s->optional_int64(3);
+            c.percent_off = s->optional_int64(4);
+            c.duration_months = s->optional_int64(5);
+            if (!s->is_null(6)) c.tier = s->text(6);
+            c.max_uses = s->optional_int64(7);
+            c.per_user_limit = s->int64(8);
+            c.uses = s->int64(9);
+            c.expires_at_ms = s->optional_int64(10);
+            c.active = s->int64(11) != 0;
+            c.created_at_ms = s->int64(12);
+            coupons_by_code.emplace(c.code, std::move(c));
+        }
+    }
+    {
+        auto s = db.prepare("SELECT code, user_id, COUNT(*) FROM coupon_redemptions GROUP BY code, user_id");
+        while (s->step()) redemptions_by_code_user[{s->text(0), s->int64(1)}] = s->int64(2);
     }
     {
         auto s = db.prepare(
@@ -204,6 +237,7 @@ void ledger::impl::load() {
     next_event_id = db.scalar("SELECT IFNULL(MAX(id), 0) + 1 FROM usage_events");
     next_key_id = db.scalar("SELECT IFNULL(MAX(id), 0) + 1 FROM api_keys");
     next_service_token_id = db.scalar("SELECT IFNULL(MAX(id), 0) + 1 FROM service_tokens");
+    next_redemption_id = db.scalar("SELECT IFNULL(MAX(id), 0) + 1 FROM coupon_redemptions");
 }
 
 void ledger::impl::release_orphaned_holds() {

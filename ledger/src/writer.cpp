@@ -110,7 +110,8 @@ void ledger::impl::write(write_batch& b) {
     // (which name a grant or an event). No batch has a cycle. Deferring the
     // checks instead would take `PRAGMA defer_foreign_keys` per batch, and
     // every flag pragma expires all prepared statements: the writer then
-    // spent half its time preparing them again (bench/README.md).
+    // spent half its time preparing them again (bench/README.md). Coupon
+    // redemptions, which name a grant, come last (late_statements).
     for (auto& statement : b.statements) statement(db);
 
     // A hold opened and closed within the batch is written once, closed.
@@ -213,6 +214,8 @@ void ledger::impl::write(write_batch& b) {
                         s.bind(i, r.scope).bind(i + 1, r.key).bind(i + 2, r.fingerprint).bind(i + 3, r.result);
                         s.bind(i + 4, r.created_at_ms);
                     });
+
+    for (auto& statement : b.late_statements) statement(db);
 
     txn.commit();
 }

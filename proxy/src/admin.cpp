@@ -188,7 +188,7 @@ enum allowed : unsigned {
 
 struct route {
     http::verb method;
-    std::string_view pattern;  // `{id}` matches one path segment
+    std::string_view pattern;  // `{id}`, `{code}`: one path segment
     unsigned who;
     idempotency idem;
     awaitable<void> (*handler)(call&);
@@ -222,16 +222,21 @@ const std::array routes{
     route{http::verb::get, "/api/v1/metering/free-tier", by_admin | by_user, idempotency::ignored, free_tier},
     route{http::verb::get, "/api/v1/tiers/compare", by_admin | by_user | by_service, idempotency::ignored,
           compare_tiers},
+    route{http::verb::post, "/api/v1/coupons/create", by_admin, idempotency::ignored, create_coupon},
+    route{http::verb::post, "/api/v1/coupons/redeem", by_admin | by_user, idempotency::replayed, redeem_coupon},
+    route{http::verb::get, "/api/v1/coupons/validate", by_admin | by_user, idempotency::ignored, validate_coupon},
+    route{http::verb::get, "/api/v1/coupons/list", by_admin, idempotency::ignored, list_coupons},
+    route{http::verb::delete_, "/api/v1/coupons/{code}", by_admin, idempotency::ignored, deactivate_coupon},
     route{http::verb::get, "/api/v1/audit", by_admin, idempotency::ignored, audit_log},
     route{http::verb::get, "/api/v1/openapi.json", by_anyone, idempotency::ignored, openapi_document},
 };
 
-// True when `path` fits `pattern`; `id` gets the `{id}` segment.
+// True when `path` fits `pattern`; `id` gets the `{…}` segment.
 bool matches(std::string_view pattern, std::string_view path, std::string_view& id) {
-    const auto brace = pattern.find("{id}");
+    const auto brace = pattern.find('{');
     if (brace == std::string_view::npos) return pattern == path;
     if (!path.starts_with(pattern.substr(0, brace))) return false;
-    const auto tail = pattern.substr(brace + 4);
+    const auto tail = pattern.substr(pattern.find('}', brace) + 1);
     const auto rest = path.substr(brace);
     const auto slash = rest.find('/');
     const auto segment = rest.substr(0, slash);

@@ -39,7 +39,7 @@ struct call {
     exchange& x;
     const principal& p;
     std::string_view target;  // path and query
-    std::string_view path_id;  // the `{id}` segment, if the route has one
+    std::string_view path_id;  // the `{id}` or `{code}` segment, if the route has one
     idempotency idem;
     std::string idempotency_key;  // the header, validated; empty when absent
     std::string audit_target;     // set by a handler: "user:12", "key:3"
@@ -92,7 +92,7 @@ std::vector<operation> operations();
 std::string_view openapi_json();
 
 // --- handlers, one per endpoint (admin_accounts.cpp, admin_credits.cpp,
-// admin_metering.cpp) ---------------------------------------------------------
+// admin_metering.cpp, admin_coupons.cpp) ---------------------------------------------------------
 net::awaitable<void> create_user(call& c);
 net::awaitable<void> list_users(call& c);
 net::awaitable<void> get_user(call& c);
@@ -113,6 +113,11 @@ net::awaitable<void> usage_by_model(call& c);
 net::awaitable<void> usage_by_date(call& c);
 net::awaitable<void> free_tier(call& c);
 net::awaitable<void> compare_tiers(call& c);
+net::awaitable<void> create_coupon(call& c);
+net::awaitable<void> redeem_coupon(call& c);
+net::awaitable<void> validate_coupon(call& c);
+net::awaitable<void> list_coupons(call& c);
+net::awaitable<void> deactivate_coupon(call& c);
 net::awaitable<void> audit_log(call& c);
 
 }  // namespace tollgate::proxy::admin

@@ -261,8 +261,9 @@ awaitable<void> free_tier(call& c) {
 }
 
 // Every tier, and the caller's own (an admin may name a user; a service
-// token has none). Coupons' percent_off arrives with the coupon engine:
-// until then the effective price is the list price.
+// token has none). The effective price is the list price less an active
+// percent_off discount (rounded down to a micro), or 0 for a period a
+// free_month coupon waived.
 awaitable<void> compare_tiers(call& c) {
     std::optional<std::int64_t> user;
     if (c.p.who == role::user || !query_param(c.target, "user_id").empty()) {
@@ -284,9 +285,11 @@ awaitable<void> compare_tiers(call& c) {
         const auto sub = l.find_subscription(*user);
         if (!sub) co_return co_await answer_ledger_error(c, ledger::result::unknown_user);
         const auto tier = l.find_tier(sub->tier);
+        const std::int64_t price = tier ? tier->price_micros : 0;
+        const std::int64_t effective = sub->period_waived ? 0 : price * (100 - sub->discount_percent) / 100;
         current = fmt::format(
-            R"({{"tier":"{}","option":"{}","effective_price_micros":{},"discount_percent":0,"period_end":"{}"}})",
-            json_escape(sub->tier), json_escape(sub->option), tier ? tier->price_micros : 0,
+            R"({{"tier":"{}","option":"{}","effective_price_micros":{},"discount_percent":{},"period_end":"{}"}})",
+            json_escape(sub->tier), json_escape(sub->option), effective, sub->discount_percent,
             rfc3339(sub->period_end_ms));
     }
     co_await answer_json(c, 200, fmt::format(R"({{"tiers":[{}],"current":{}}})", tiers, current));

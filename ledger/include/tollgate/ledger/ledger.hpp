@@ -62,6 +62,8 @@ enum class result : std::uint8_t {
     refund_exceeds_charge,
     unknown_key,
     key_exists,            // a key with this hash is already stored
+    coupon_exists,         // a coupon with this code exists (deactivated ones included)
+    unknown_coupon,
     storage_failed,        // a commit failed: the ledger stops accepting work
 };
 std::string_view to_string(result code);
@@ -105,6 +107,61 @@ struct subscription {
     time_ms period_start_ms = 0;
     time_ms period_end_ms = 0;
     std::optional<std::string> pending_tier;
+    // Coupon effects (SPEC 3): a percent_off discount for this and the next
+    // discount_periods_left - 1 periods; the current period's price waived,
+    // or the next one's; a free-month trial that returns to `revert_tier`
+    // at `revert_at_ms`.
+    int discount_percent = 0;
+    int discount_periods_left = 0;
+    bool period_waived = false;
+    bool waive_next_period = false;
+    std::optional<std::string> revert_tier;
+    std::optional<time_ms> revert_at_ms;
+};
+
+enum class coupon_kind : std::uint8_t { credit, percent_off, free_month };
+std::string_view to_string(coupon_kind kind);
+std::optional<coupon_kind> parse_coupon_kind(std::string_view text);
+
+struct coupon {
+    std::string code;  // upper case, [A-Z0-9_-]{3,32}
+    coupon_kind kind = coupon_kind::credit;
+    std::optional<std::int64_t> amount_micros;        // credit
+    std::optional<std::int64_t> credit_expires_days;  // credit
+    std::optional<std::int64_t> percent_off;          // percent_off: 1..100
+    std::optional<std::int64_t> duration_months;      // percent_off: periods, the current one first
+    std::optional<std::string> tier;                  // free_month on the free tier: where to (default starter)
+    std::optional<std::int64_t> max_uses;
+    std::int64_t per_user_limit = 1;
+    std::int64_t uses = 0;
+    std::optional<time_ms> expires_at_ms;
+    bool active = true;
+    time_ms created_at_ms = 0;
+};
+
+// Why a coupon cannot be redeemed, in the order they are checked (SPEC 3).
+enum class coupon_refusal : std::uint8_t {
+    none,
+    not_found,
+    inactive,
+    expired,
+    exhausted,         // max_uses reached
+    already_redeemed,  // per_user_limit reached
+    not_applicable,
+};
+std::string_view to_string(coupon_refusal refusal);
+
+struct redemption {
+    result code = result::ok;
+    coupon_refusal refusal = coupon_refusal::none;  // code is ok; see refusal
+    coupon redeemed;              // as it is after this redemption
+    std::int64_t redemption_id = 0;
+    std::optional<std::int64_t> grant_id;  // credit, free_month on the free tier
+    std::int64_t amount_micros = 0;        // what the grant gave
+    std::optional<time_ms> until_ms;       // the effect's end: a credit's expiry, a trial's end
+    std::int64_t balance_micros = 0;
+    bool replayed = false;
+    commit_seq seq = 0;
 };
 
 struct key_record {
@@ -443,6 +500,20 @@ public:
     std::optional<key_record> find_key_by_hash(std::string_view key_hash);
     std::vector<key_record> list_keys(std::int64_t user_id);
     simple_outcome revoke_key(std::int64_t key_id);
+
+    // --- coupons (SPEC 3) -------------------------------------------------------
+    // Codes are upper-cased here; `uses` and `created_at_ms` are assigned.
+    simple_outcome create_coupon(coupon c);
+    std::optional<coupon> find_coupon(const std::string& code);
+    std::vector<coupon> coupons();  // by code
+    simple_outcome deactivate_coupon(const std::string& code);  // history kept
+    // The first refusal reason in SPEC order, or none; changes nothing.
+    coupon_refusal check_coupon(std::int64_t user_id, const std::string& code);
+    // Atomic: the checks and the effect happen in one critical section, so
+    // max_uses and per_user_limit hold under any concurrency. A non-empty
+    // idempotency key (scoped by the caller) replays the first redemption.
+    redemption redeem_coupon(std::int64_t user_id, const std::string& code, const std::string& actor,
+                             const std::string& idempotency_key = {});
 
     // --- idempotency keys of calls without a ledger-side replay ----------------
     // (deduct and track replay by event id; users, keys and service tokens

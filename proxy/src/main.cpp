@@ -237,7 +237,8 @@ Commands:
   migrate          apply pending schema migrations (refused while a server holds the database)
   check-ledger     prove the ledger invariants (read-only, safe on a live database)
   serve            run the proxy (configuration from TOLLGATE_* variables, see README)
-  demo             create a demo database with a few users, give each a new key, print balances
+  demo             create a demo database with a few users and the coupons WELCOME10, FREEMONTH and
+                   EARLYBIRD, give each user a new key, print balances
   catalog inspect FILE [--format openrouter|litellm]
                    summarise an OpenRouter /models file (or LiteLLM's price map) as JSON
                    {models, free, unpriced, with_overrides}
@@ -339,7 +340,30 @@ int run_demo(const std::string& path) {
         }
         ids.push_back(created.user_id);
     }
-    if (ids.size() == std::size(demo)) {  // a fresh database: meter one call, give one bonus
+    // The demo's coupons (SPEC 3's examples); kept when they exist.
+    {
+        ledger::coupon welcome;
+        welcome.code = "WELCOME10";
+        welcome.kind = ledger::coupon_kind::credit;
+        welcome.amount_micros = 10'000'000;
+        ledger::coupon free_month;
+        free_month.code = "FREEMONTH";
+        free_month.kind = ledger::coupon_kind::free_month;
+        free_month.tier = "starter";
+        ledger::coupon early;
+        early.code = "EARLYBIRD";
+        early.kind = ledger::coupon_kind::percent_off;
+        early.percent_off = 20;
+        early.duration_months = 3;
+        for (const auto& c : {welcome, free_month, early}) {
+            const auto made = l.create_coupon(c);
+            if (made.code != ledger::result::ok && made.code != ledger::result::coupon_exists) {
+                fmt::print(stderr, "tollgate demo: coupon {}: {}\n", c.code, ledger::to_string(made.code));
+                return 1;
+            }
+        }
+    }
+    if (ids.size() == std::size(demo)) {  // a fresh database: meter one call, redeem one coupon
         // One metered call for the starter user: hold, then settle.
         const auto hold = l.reserve(ids[1], 250'000, "demo-request-1");
         if (!l.wait_durable(hold.seq)) {
@@ -349,11 +373,11 @@ int run_demo(const std::string& path) {
         ledger::usage_event usage{.request_id = "", .model = "openai/gpt-4o-mini", .prompt_tokens = 1200,
                                   .completion_tokens = 300, .provider_cost_micros = 360, .markup_micros = 36};
         const auto settled = l.settle(hold.hold_id, 396, usage);
-        const auto bonus = l.grant({.user_id = ids[0], .kind = ledger::grant_kind::bonus, .amount_micros = 5'000'000,
-                                    .source = "coupon:WELCOME5", .actor = "demo", .reason = "welcome bonus"});
-        if (hold.code != ledger::result::ok || settled.code != ledger::result::ok || bonus.code != ledger::result::ok) {
-            fmt::print(stderr, "tollgate demo: {} / {} / {}\n", ledger::to_string(hold.code),
-                       ledger::to_string(settled.code), ledger::to_string(bonus.code));
+        const auto bonus = l.redeem_coupon(ids[0], "WELCOME10", "demo");
+        if (hold.code != ledger::result::ok || settled.code != ledger::result::ok || bonus.code != ledger::result::ok ||
+            bonus.refusal != ledger::coupon_refusal::none) {
+            fmt::print(stderr, "tollgate demo: {} / {} / {} {}\n", ledger::to_string(hold.code),
+                       ledger::to_string(settled.code), ledger::to_string(bonus.code), ledger::to_string(bonus.refusal));
             return 1;
         }
     }
@@ -380,8 +404,10 @@ int run_demo(const std::string& path) {
                    usd(b->balance_micros), usd(b->reserved_micros), usd(b->available_micros),
                    key.code == ledger::result::ok ? secret : std::string(ledger::to_string(key.code)));
     }
+    fmt::print("\ncoupons:");
+    for (const auto& c : l.coupons()) fmt::print(" {} ({}, {} used)", c.code, ledger::to_string(c.kind), c.uses);
     const auto report = l.check();
-    fmt::print("\nledger check: {} ({} transactions)\n", report.ok ? "OK" : "FAILED", report.transactions_checked);
+    fmt::print("\n\nledger check: {} ({} transactions)\n", report.ok ? "OK" : "FAILED", report.transactions_checked);
     return report.ok ? 0 : 1;
 }
 

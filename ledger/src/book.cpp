@@ -189,6 +189,8 @@ void ledger::impl::roll_one_boundary(user_book& u) {
     if (sub.pending_tier) {
         sub.tier = *sub.pending_tier;
         sub.pending_tier.reset();
+        const auto lower = tiers_by_id.find(sub.tier);
+        if (lower != tiers_by_id.end() && !lower->second.byok_available) sub.option = "credits";
     }
     if (sub.revert_at_ms && *sub.revert_at_ms <= boundary) {
         if (sub.revert_tier) sub.tier = *sub.revert_tier;

@@ -94,6 +94,8 @@ std::string_view to_string(result code) {
         case result::unknown_key: return "unknown_key";
         case result::key_exists: return "key_exists";
         case result::coupon_exists: return "coupon_exists";
+        case result::upgrade_not_allowed: return "upgrade_not_allowed";
+        case result::option_not_available: return "option_not_available";
         case result::unknown_coupon: return "unknown_coupon";
         case result::storage_failed: return "storage_failed";
     }

@@ -227,6 +227,9 @@ const std::array routes{
     route{http::verb::get, "/api/v1/coupons/validate", by_admin | by_user, idempotency::ignored, validate_coupon},
     route{http::verb::get, "/api/v1/coupons/list", by_admin, idempotency::ignored, list_coupons},
     route{http::verb::delete_, "/api/v1/coupons/{code}", by_admin, idempotency::ignored, deactivate_coupon},
+    route{http::verb::post, "/api/v1/tiers/switch", by_admin | by_user | by_billing, idempotency::replayed,
+          switch_tier},
+    route{http::verb::post, "/api/v1/periods/roll", by_admin, idempotency::ignored, roll_periods},
     route{http::verb::get, "/api/v1/audit", by_admin, idempotency::ignored, audit_log},
     route{http::verb::get, "/api/v1/openapi.json", by_anyone, idempotency::ignored, openapi_document},
 };

@@ -92,7 +92,7 @@ std::vector<operation> operations();
 std::string_view openapi_json();
 
 // --- handlers, one per endpoint (admin_accounts.cpp, admin_credits.cpp,
-// admin_metering.cpp, admin_coupons.cpp) ---------------------------------------------------------
+// admin_metering.cpp, admin_coupons.cpp, admin_subscriptions.cpp) ---------------------------------------------------------
 net::awaitable<void> create_user(call& c);
 net::awaitable<void> list_users(call& c);
 net::awaitable<void> get_user(call& c);
@@ -113,6 +113,8 @@ net::awaitable<void> usage_by_model(call& c);
 net::awaitable<void> usage_by_date(call& c);
 net::awaitable<void> free_tier(call& c);
 net::awaitable<void> compare_tiers(call& c);
+net::awaitable<void> switch_tier(call& c);
+net::awaitable<void> roll_periods(call& c);
 net::awaitable<void> create_coupon(call& c);
 net::awaitable<void> redeem_coupon(call& c);
 net::awaitable<void> validate_coupon(call& c);

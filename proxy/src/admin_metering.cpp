@@ -1,6 +1,5 @@
 // Usage from outside the proxy (metering/track), the usage reports (all
-// from the daily rollups, never the raw events), the tier comparison and the
-// audit log (SPEC 6).
+// from the daily rollups, never the raw events) and the audit log (SPEC 6).
 #include "admin.hpp"
 
 #include "tollgate/pricing/cost.hpp"
@@ -258,41 +257,6 @@ awaitable<void> free_tier(call& c) {
             R"({{{},"requests":{},"prompt_tokens":{},"completion_tokens":{},"markup_micros":{},"charged_micros":{},"data":[{}],"openrouter":null}})",
             window_fields(*w), total.requests, total.prompt_tokens, total.completion_tokens, total.markup_micros,
             total.charged_micros, data));
-}
-
-// Every tier, and the caller's own (an admin may name a user; a service
-// token has none). The effective price is the list price less an active
-// percent_off discount (rounded down to a micro), or 0 for a period a
-// free_month coupon waived.
-awaitable<void> compare_tiers(call& c) {
-    std::optional<std::int64_t> user;
-    if (c.p.who == role::user || !query_param(c.target, "user_id").empty()) {
-        user = co_await subject(c);
-        if (!user) co_return;
-    }
-    auto& l = c.x.a.ledger;
-    std::string tiers;
-    for (const auto& t : l.tiers()) {
-        if (!tiers.empty()) tiers += ',';
-        tiers += fmt::format(
-            R"({{"id":"{}","name":"{}","price_micros":{},"monthly_credits_micros":{},"models":"{}","markup_paid_bps":{},"markup_free_micros_per_token":{},"byok_available":{},"rollover_percent":{}}})",
-            json_escape(t.id), json_escape(t.name), t.price_micros, t.monthly_credits_micros, json_escape(t.models),
-            t.markup_paid_bps, t.markup_free_micros_per_token, t.byok_available ? "true" : "false",
-            t.rollover_percent);
-    }
-    std::string current = "null";
-    if (user) {
-        const auto sub = l.find_subscription(*user);
-        if (!sub) co_return co_await answer_ledger_error(c, ledger::result::unknown_user);
-        const auto tier = l.find_tier(sub->tier);
-        const std::int64_t price = tier ? tier->price_micros : 0;
-        const std::int64_t effective = sub->period_waived ? 0 : price * (100 - sub->discount_percent) / 100;
-        current = fmt::format(
-            R"({{"tier":"{}","option":"{}","effective_price_micros":{},"discount_percent":{},"period_end":"{}"}})",
-            json_escape(sub->tier), json_escape(sub->option), effective, sub->discount_percent,
-            rfc3339(sub->period_end_ms));
-    }
-    co_await answer_json(c, 200, fmt::format(R"({{"tiers":[{}],"current":{}}})", tiers, current));
 }
 
 awaitable<void> audit_log(call& c) {

@@ -1,5 +1,6 @@
 // The tollgate command: `serve`, the ledger's commands, the pricing tools
 // and a demo.
+#include "admin_input.hpp"
 #include "secrets.hpp"
 #include "tollgate/ledger/ledger.hpp"
 #include "tollgate/pricing/catalog.hpp"
@@ -236,6 +237,9 @@ Usage: tollgate <command> [options]
 Commands:
   migrate          apply pending schema migrations (refused while a server holds the database)
   check-ledger     prove the ledger invariants (read-only, safe on a live database)
+  roll-periods [--now RFC3339-TIME]
+                   roll every billing period whose boundary has passed (by --now), as the server's
+                   scheduler does each minute (refused while a server holds the database)
   serve            run the proxy (configuration from TOLLGATE_* variables, see README)
   demo             create a demo database with a few users and the coupons WELCOME10, FREEMONTH and
                    EARLYBIRD, give each user a new key, print balances
@@ -313,6 +317,37 @@ int run_serve() {
         return 2;
     }
     return proxy::serve(*loaded.value);
+}
+
+// Rolls every period whose boundary is at or before --now (default: now),
+// as the server's scheduler would; refused while a server holds the
+// database. Running it twice for one time changes nothing.
+int run_roll_periods(const std::vector<std::string>& args, const std::string& path) {
+    std::optional<ledger::time_ms> now;
+    for (std::size_t i = 1; i < args.size(); ++i) {
+        if (args[i] != "--now") continue;
+        if (i + 1 >= args.size() || !(now = proxy::admin::parse_time(args[i + 1]))) {
+            fmt::print(stderr, "tollgate roll-periods: --now needs an RFC 3339 time (2026-12-01T00:00:00Z)\n");
+            return 2;
+        }
+    }
+    ledger::options o{.path = path};
+    if (now) o.clock = [t = *now] { return t; };
+    auto opened = ledger::ledger::open(std::move(o));
+    if (!opened.value) {
+        fmt::print(stderr, "tollgate roll-periods: {} ({})\n", opened.message, ledger::to_string(opened.error));
+        return 1;
+    }
+    auto& l = *opened.value;
+    const auto rolled = l.roll_periods();
+    if (rolled.code != ledger::result::ok || !l.wait_durable(rolled.seq)) {
+        fmt::print(stderr, "tollgate roll-periods: the ledger failed: {}\n", ledger::to_string(rolled.code));
+        return 1;
+    }
+    const auto report = l.check();
+    fmt::print("rolled {} period boundaries up to {}; ledger check: {}\n", rolled.count,
+               proxy::admin::rfc3339(l.now_ms()), report.ok ? "OK" : "FAILED");
+    return report.ok ? 0 : 1;
 }
 
 int run_demo(const std::string& path) {
@@ -428,6 +463,7 @@ int main(int argc, char** argv) {
     if (command == "migrate") return run_migrate(path);
     if (command == "check-ledger") return run_check(path);
     if (command == "demo") return run_demo(path);
+    if (command == "roll-periods") return run_roll_periods(args, path);
     if (command == "serve") return run_serve();
     if (command == "catalog") return run_catalog_inspect(args);
     if (command == "quote") return run_quote(args);

@@ -224,7 +224,10 @@ awaitable<void> refresh_loop(app& a, std::shared_ptr<std::atomic<bool>> first_do
     }
 }
 
-// Sweeps expired holds (their calls died without settling) once a minute.
+// Once a minute: sweeps expired holds (their calls died without
+// settling) and rolls the billing periods whose boundary has passed (each
+// user's are also rolled whenever the ledger looks at them, so a balance is
+// never read stale; this keeps idle users' history in step).
 awaitable<void> maintenance_loop(app& a) {
     asio::steady_timer timer(*a.workers.front().io);
     for (;;) {
@@ -233,6 +236,7 @@ awaitable<void> maintenance_loop(app& a) {
         co_await timer.async_wait(asio::redirect_error(use_awaitable, ec));
         if (ec || a.draining) co_return;
         a.ledger.expire_holds();
+        if (const auto rolled = a.ledger.roll_periods(); rolled.count > 0) a.keys.invalidate_all();
     }
 }
 

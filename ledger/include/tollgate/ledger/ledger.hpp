@@ -63,6 +63,8 @@ enum class result : std::uint8_t {
     unknown_key,
     key_exists,            // a key with this hash is already stored
     coupon_exists,         // a coupon with this code exists (deactivated ones included)
+    upgrade_not_allowed,   // a user asked for a dearer tier: an admin or a billing token makes it
+    option_not_available,  // byok on a tier without it
     unknown_coupon,
     storage_failed,        // a commit failed: the ledger stops accepting work
 };
@@ -160,6 +162,30 @@ struct redemption {
     std::int64_t amount_micros = 0;        // what the grant gave
     std::optional<time_ms> until_ms;       // the effect's end: a credit's expiry, a trial's end
     std::int64_t balance_micros = 0;
+    bool replayed = false;
+    commit_seq seq = 0;
+};
+
+// A tier switch (SPEC 3): an upgrade (a dearer tier) at once with the
+// prorated difference of the monthly credits; a downgrade scheduled for the
+// period end; a change of option (credits or byok) within the tier at once.
+struct switch_request {
+    std::int64_t user_id = 0;
+    std::string tier;
+    std::string option = "credits";
+    bool may_upgrade = false;  // an admin or a billing service token; not the user
+    std::string actor;
+    std::string idempotency_key;  // empty: none; else scoped by the caller
+};
+
+enum class switch_kind : std::uint8_t { none, upgrade, downgrade, option };
+std::string_view to_string(switch_kind kind);
+
+struct switch_outcome {
+    result code = result::ok;
+    switch_kind kind = switch_kind::none;
+    std::optional<std::int64_t> grant_id;  // an upgrade's prorated grant
+    std::int64_t granted_micros = 0;
     bool replayed = false;
     commit_seq seq = 0;
 };
@@ -487,6 +513,8 @@ public:
     // models allowed; the new tier's credits arrive with the next period.
     // (Prorated switches are tiers/switch's.)
     simple_outcome set_tier(std::int64_t user_id, const std::string& tier_id);
+    // SPEC 3's switch rules; see switch_request.
+    switch_outcome switch_tier(const switch_request& request);
     // Users newest first, `limit` 1..200, ids below `after_id`.
     user_page list_users(std::optional<std::int64_t> after_id, int limit);
 

@@ -357,19 +357,32 @@ mock::cost_style cost_style_of(const call_plan& p) {
 
 // ---------------------------------------------------------------- answer bodies
 
+// A key starting with this stands for a user's own provider key (BYOK):
+// OpenRouter then reports its fee (5% of the inference cost) as `cost`, the
+// provider's cost in cost_details.upstream_inference_cost, and is_byok.
+constexpr std::string_view byok_key_prefix = "sk-or-byok-";
+
 void append_usage(std::string& out, const call_plan& p, const mock::token_counts& c) {
     const std::int64_t cost = mock::token_cost_pico(p.prices, c);
     if (p.up == upstream::openrouter) {
+        const bool byok = p.api_key.starts_with(byok_key_prefix);
         fmt::format_to(std::back_inserter(out),
                        "{{\"prompt_tokens\":{},\"completion_tokens\":{},\"total_tokens\":{},\"cost\":", c.prompt,
                        c.completion, c.prompt + c.completion);
-        mock::append_usd(out, cost, cost_style_of(p));
+        mock::append_usd(out, byok ? cost / 20 : cost, cost_style_of(p));
         fmt::format_to(std::back_inserter(out),
-                       ",\"is_byok\":false,\"prompt_tokens_details\":{{\"cached_tokens\":{},\"audio_tokens\":0}}"
-                       ",\"cost_details\":{{\"upstream_inference_cost\":null,\"upstream_inference_prompt_cost\":0"
-                       ",\"upstream_inference_completions_cost\":0}}"
+                       ",\"is_byok\":{},\"prompt_tokens_details\":{{\"cached_tokens\":{},\"audio_tokens\":0}}"
+                       ",\"cost_details\":{{\"upstream_inference_cost\":",
+                       byok ? "true" : "false", c.cached);
+        if (byok) {
+            mock::append_usd(out, cost, cost_style_of(p));
+        } else {
+            out += "null";
+        }
+        fmt::format_to(std::back_inserter(out),
+                       ",\"upstream_inference_prompt_cost\":0,\"upstream_inference_completions_cost\":0}}"
                        ",\"completion_tokens_details\":{{\"reasoning_tokens\":{},\"image_tokens\":0}}}}",
-                       c.cached, c.reasoning);
+                       c.reasoning);
         return;
     }
     fmt::format_to(std::back_inserter(out),

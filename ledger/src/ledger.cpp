@@ -718,6 +718,31 @@ simple_outcome ledger::release(std::int64_t hold_id) {
     return {result::ok, m.stage()};
 }
 
+charge_outcome ledger::record_usage(std::int64_t user_id, const usage_event& usage) {
+    if (!valid_usage(usage)) return {result::invalid_argument};
+    auto& m = *impl_;
+    std::unique_lock lock(m.mu, std::defer_lock);
+    if (!m.lock_for_change(lock)) return {result::storage_failed};
+    if (usage.key_id && !m.key_ids.count(*usage.key_id)) return {result::unknown_key};
+    const time_ms at = m.now();
+    user_book* const u = m.current_user(user_id, at);
+    if (!u) return {result::unknown_user};
+    usage_row row;
+    row.id = m.next_event_id++;
+    row.user_id = u->id;
+    row.usage = usage;
+    row.usage.markup_micros = 0;
+    row.charged_micros = 0;
+    row.created_at_ms = at;
+    charge_outcome out;
+    out.usage_event_id = row.id;
+    out.balance_micros = u->balance_micros;
+    out.available_micros = u->available_micros();
+    m.stage_usage(std::move(row));
+    out.seq = m.stage();
+    return out;
+}
+
 charge_outcome ledger::deduct(const deduct_request& r) {
     // A tracked event may cost nothing (a free service); a plain deduct may not.
     const bool free_event = r.usage && r.amount_micros == 0;

@@ -74,7 +74,13 @@ awaitable<void> switch_tier(call& c) {
     const auto tier = b.text("tier", true, 64);
     const auto option = b.text("option", false, 16);
     const auto user_id = b.integer("user_id", false, 1, std::numeric_limits<std::int64_t>::max());
+    const auto byok_key = b.text("byok_key", false, 512);
     if (option && *option != "credits" && *option != "byok") b.refuse("option", "'option' must be credits or byok");
+    if (byok_key) {
+        bool printable = !byok_key->empty();
+        for (const char ch : *byok_key) printable = printable && ch > 0x20 && ch < 0x7f;
+        if (!printable) b.refuse("byok_key", "'byok_key' must be an API key: visible ASCII, no spaces");
+    }
     if (tier && !c.x.a.ledger.find_tier(*tier)) b.refuse("tier", fmt::format("No tier '{}'", *tier));
     if (b.failed()) co_return co_await answer_refusal(c.x, b);
     const auto user = co_await subject(c, user_id);
@@ -89,10 +95,21 @@ awaitable<void> switch_tier(call& c) {
     const auto target = l.find_tier(*tier);
     r.option = option.value_or(before->option == "byok" && target && target->byok_available ? "byok" : "credits");
     if (r.option == "byok") {
-        co_await reply_error(c.x, 400, "byok_key_required",
-                             "BYOK needs the user's own OpenRouter key ('byok_key'), which this server cannot store yet",
-                             "byok_key");
-        co_return;
+        if (!target || !target->byok_available) {
+            co_await reply_error(c.x, 400, "invalid_value", fmt::format("The {} tier has no BYOK option", *tier),
+                                 "option");
+            co_return;
+        }
+        if (byok_key) {
+            // Sealed with the master key, bound to this user; never stored,
+            // logged or answered in clear.
+            const auto stored = l.put_byok_key(*user, c.x.a.keys_secret.seal(*byok_key, owner_context(*user)));
+            if (stored.code != ledger::result::ok) co_return co_await answer_ledger_error(c, stored.code);
+        } else if (!l.byok_key(*user)) {
+            co_await reply_error(c.x, 400, "byok_key_required",
+                                 "BYOK needs the user's own OpenRouter key in 'byok_key'", "byok_key");
+            co_return;
+        }
     }
     r.may_upgrade = c.p.who == role::admin || c.p.who == role::service;
     r.actor = c.p.name();

@@ -1,5 +1,7 @@
 #include "keys.hpp"
 
+#include <fmt/format.h>
+
 #include <cmath>
 
 namespace tollgate::proxy {
@@ -38,6 +40,10 @@ std::optional<pricing::tier_policy> key_cache::policy(const std::string& tier_id
     return std::nullopt;
 }
 
+std::string owner_context(std::int64_t user_id) {
+    return fmt::format("user:{}", user_id);
+}
+
 std::optional<caller> key_cache::find(std::string_view secret) {
     if (secret.empty() || secret.size() > 256) return std::nullopt;
     const auto hash = secrets_.hash(secret);
@@ -61,7 +67,13 @@ std::optional<caller> key_cache::find(std::string_view secret) {
                .rpm_limit = key->rpm_limit,
                .tier = sub->tier,
                .byok = sub->option == "byok",
+               .byok_key = {},
                .policy = std::move(*p)};
+    if (who.byok) {
+        // Opened here, kept only in memory (and only for the cache's TTL).
+        const auto sealed = ledger_.byok_key(key->user_id);
+        if (sealed) who.byok_key = secrets_.open_sealed(*sealed, owner_context(key->user_id)).value_or("");
+    }
     std::lock_guard lock(mu_);
     if (by_hash_.size() > 100'000) by_hash_.clear();  // bounded; refilled on demand
     by_hash_[hash] = entry{who, now + ttl_};

@@ -21,8 +21,12 @@ struct caller {
     std::int64_t rpm_limit = 600;
     std::string tier;
     bool byok = false;
+    std::string byok_key;  // the user's own OpenRouter key, opened; "" when it cannot be
     pricing::tier_policy policy;
 };
+
+// The associated data a user's sealed upstream key is bound to.
+std::string owner_context(std::int64_t user_id);
 
 class key_cache {
 public:

@@ -141,6 +141,9 @@ struct call_state {
     std::int64_t prompt_counted = 0;
     std::int64_t hold_id = 0;
     std::int64_t hold_micros = 0;
+    // BYOK (SPEC 3): the user's own OpenRouter key pays upstream, so no
+    // hold, metered at the upstream inference cost, charged 0.
+    bool byok = false;
     clock::time_point started = clock::now();
     // What the answer told us.
     std::optional<reported_usage> usage;
@@ -179,7 +182,10 @@ metered compute(call_state& s) {
     out.reasoning = u.reasoning_tokens;
 
     std::optional<std::int64_t> provider_pico;
-    if (s.usage && s.usage->cost_pico) {
+    if (s.byok && s.usage && s.usage->upstream_inference_cost_pico) {
+        provider_pico = *s.usage->upstream_inference_cost_pico;  // usage.cost is only OpenRouter's BYOK fee
+        out.price_source = "upstream";
+    } else if (s.usage && s.usage->cost_pico) {
         provider_pico = *s.usage->cost_pico;
         out.price_source = "upstream";
     } else if (s.header_cost_pico) {
@@ -204,7 +210,7 @@ metered compute(call_state& s) {
         out.ch.provider_cost_micros = s.hold_micros;
         return out;
     }
-    out.ch = pricing::price_call(*provider_pico, model_free, total_tokens, s.who.policy, false);
+    out.ch = pricing::price_call(*provider_pico, model_free, total_tokens, s.who.policy, s.byok);
     return out;
 }
 
@@ -229,6 +235,12 @@ awaitable<std::optional<ledger::charge_outcome>> settle(call_state& s, const std
     ev.catalog_hash = m.catalog_hash;
     ev.status = status;
     ev.latency_ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - s.started).count();
+    if (s.byok) {
+        ev.markup_micros = 0;
+        const auto out = a.ledger.record_usage(s.who.user_id, ev);
+        if (out.code != ledger::result::ok || !co_await durable(a, out.seq)) co_return std::nullopt;
+        co_return out;
+    }
     const auto out = a.ledger.settle(s.hold_id, m.ch.charged_micros, ev);
     s.hold_id = 0;
     if (out.code != ledger::result::ok) co_return std::nullopt;
@@ -251,7 +263,7 @@ http::request<http::string_body> upstream_request(call_state& s, std::string bod
                                        11};
     copy_request_headers(s.x.req.base(), r.base());
     r.set(http::field::host, s.tgt.pool->host_header());
-    const auto& key = s.tgt.litellm ? a.settings.litellm_key : a.settings.openrouter_key;
+    const auto& key = s.byok ? s.who.byok_key : s.tgt.litellm ? a.settings.litellm_key : a.settings.openrouter_key;
     if (!key.empty()) r.set(http::field::authorization, "Bearer " + key);
     r.keep_alive(true);
     r.body() = std::move(body);
@@ -593,7 +605,15 @@ awaitable<void> metered_call(exchange& x, service kind) {
     }
     hold = std::max<std::int64_t>(hold, 1);
     s.hold_micros = hold;
-    const auto held = a.ledger.reserve(who->user_id, hold, x.request_id);
+    // A BYOK user's OpenRouter calls go out with their own key, admitted
+    // whatever the balance (LiteLLM's models still run on credits).
+    s.byok = who->byok && !s.tgt.litellm;
+    if (s.byok && who->byok_key.empty()) {
+        co_await reply_error(x, 500, "byok_key_unavailable",
+                             "This user's BYOK key cannot be read; switch the option again with a new key");
+        co_return;
+    }
+    const auto held = s.byok ? ledger::hold_outcome{} : a.ledger.reserve(who->user_id, hold, x.request_id);
     if (held.code == ledger::result::insufficient_credits) {
         a.stats.holds_refused++;
         co_await reply_error(x, 402, "insufficient_credits",
@@ -601,7 +621,7 @@ awaitable<void> metered_call(exchange& x, service kind) {
                                          usd_text(hold), usd_text(std::max<std::int64_t>(0, held.available_micros))));
         co_return;
     }
-    if (held.code != ledger::result::ok || !co_await durable(a, held.seq)) {
+    if (held.code != ledger::result::ok || (!s.byok && !co_await durable(a, held.seq))) {
         if (held.code == ledger::result::ok) a.ledger.release(held.hold_id);
         co_await reply_error(x, 503, "ledger_unavailable", "The ledger cannot take holds right now");
         co_return;

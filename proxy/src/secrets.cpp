@@ -18,6 +18,9 @@ constexpr std::size_t master_key_bytes = 32;
 // would orphan every stored key hash.
 constexpr char kdf_context[crypto_kdf_CONTEXTBYTES + 1] = "tgkeyhsh";
 constexpr std::uint64_t kdf_key_hash_id = 1;
+// ... and of the key that seals upstream keys.
+constexpr char seal_context[crypto_kdf_CONTEXTBYTES + 1] = "tgupkeys";
+constexpr std::uint64_t kdf_seal_id = 2;
 
 bool read_exact(int fd, unsigned char* out, std::size_t n) {
     std::size_t got = 0;
@@ -75,6 +78,8 @@ std::optional<secrets> secrets::open(const std::string& path, std::string& error
     }
     secrets s;
     crypto_kdf_derive_from_key(s.hash_key_.data(), s.hash_key_.size(), kdf_key_hash_id, kdf_context, master);
+    static_assert(crypto_aead_xchacha20poly1305_ietf_KEYBYTES == 32);
+    crypto_kdf_derive_from_key(s.seal_key_.data(), s.seal_key_.size(), kdf_seal_id, seal_context, master);
     sodium_memzero(master, sizeof master);
     return s;
 }
@@ -93,6 +98,36 @@ std::string secrets::hash(std::string_view secret) const {
     crypto_generichash(reinterpret_cast<unsigned char*>(out.data()), out.size(),
                        reinterpret_cast<const unsigned char*>(secret.data()), secret.size(), hash_key_.data(),
                        hash_key_.size());
+    return out;
+}
+
+std::string secrets::seal(std::string_view plaintext, std::string_view context) const {
+    constexpr std::size_t nonce_bytes = crypto_aead_xchacha20poly1305_ietf_NPUBBYTES;
+    std::string out(nonce_bytes + plaintext.size() + crypto_aead_xchacha20poly1305_ietf_ABYTES, '\0');
+    auto* nonce = reinterpret_cast<unsigned char*>(out.data());
+    randombytes_buf(nonce, nonce_bytes);
+    unsigned long long written = 0;
+    crypto_aead_xchacha20poly1305_ietf_encrypt(
+        nonce + nonce_bytes, &written, reinterpret_cast<const unsigned char*>(plaintext.data()), plaintext.size(),
+        reinterpret_cast<const unsigned char*>(context.data()), context.size(), nullptr, nonce, seal_key_.data());
+    out.resize(nonce_bytes + written);
+    return out;
+}
+
+std::optional<std::string> secrets::open_sealed(std::string_view sealed, std::string_view context) const {
+    constexpr std::size_t nonce_bytes = crypto_aead_xchacha20poly1305_ietf_NPUBBYTES;
+    constexpr std::size_t tag_bytes = crypto_aead_xchacha20poly1305_ietf_ABYTES;
+    if (sealed.size() < nonce_bytes + tag_bytes) return std::nullopt;
+    const auto* nonce = reinterpret_cast<const unsigned char*>(sealed.data());
+    std::string out(sealed.size() - nonce_bytes - tag_bytes, '\0');
+    unsigned long long written = 0;
+    if (crypto_aead_xchacha20poly1305_ietf_decrypt(
+            reinterpret_cast<unsigned char*>(out.data()), &written, nullptr, nonce + nonce_bytes,
+            sealed.size() - nonce_bytes, reinterpret_cast<const unsigned char*>(context.data()), context.size(), nonce,
+            seal_key_.data()) != 0) {
+        return std::nullopt;
+    }
+    out.resize(written);
     return out;
 }
 

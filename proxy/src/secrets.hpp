@@ -24,8 +24,17 @@ public:
     // A prefix safe to show ("tg_AbCd…").
     static std::string display_prefix(std::string_view secret);
 
+    // Upstream keys at rest (a user's own OpenRouter key): XChaCha20-Poly1305
+    // with another subkey of the master key, a random nonce before the
+    // ciphertext. `context` (the owner, "user:12") is the associated data:
+    // a blob moved to another user does not open.
+    std::string seal(std::string_view plaintext, std::string_view context) const;
+    // nullopt when the blob was altered, moved, or sealed under another key.
+    std::optional<std::string> open_sealed(std::string_view sealed, std::string_view context) const;
+
 private:
     std::array<unsigned char, 32> hash_key_{};
+    std::array<unsigned char, 32> seal_key_{};
 };
 
 // Constant-time comparison of two byte strings of the same length.

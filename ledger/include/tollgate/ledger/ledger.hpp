@@ -550,6 +550,14 @@ public:
     enum class claim { fresh, same, conflict, storage_failed };
     claim claim_idempotency_key(const std::string& scope, const std::string& key, const std::string& fingerprint);
 
+    // --- upstream keys -------------------------------------------------------
+    // The user's own OpenRouter key (BYOK), sealed by the caller (the ledger
+    // never sees it in clear). Replaces the one stored before; durable on
+    // return.
+    simple_outcome put_byok_key(std::int64_t user_id, const std::string& sealed);
+    // The sealed key; nullopt when the user has none (or the read failed).
+    std::optional<std::string> byok_key(std::int64_t user_id);
+
     // --- service tokens ------------------------------------------------------
     // `id` and `created_at_ms` are assigned; returns once durable.
     key_outcome create_service_token(service_token token);
@@ -577,6 +585,9 @@ public:
     // dropped.
     charge_outcome settle(std::int64_t hold_id, std::int64_t charged_micros, const usage_event& usage);
     simple_outcome release(std::int64_t hold_id);
+    // A call that moves no money (BYOK: the user's own key paid upstream):
+    // its usage event and rollup, charged 0, no hold.
+    charge_outcome record_usage(std::int64_t user_id, const usage_event& usage);
 
     // Immediate debit with no hold; refused when available does not cover it.
     // `event_id` is unique forever: a replay with the same request returns

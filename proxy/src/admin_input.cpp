@@ -29,7 +29,7 @@ std::string query_param(std::string_view target, std::string_view name) {
                     out += static_cast<char>(v);
                     i += 2;
                 } else {
-                    out += raw[i] == '+' ? ' ' : raw[i];
+                    out += raw[i];  // '+' stays '+': `from=…T10:00:00+02:00` typed as is
                 }
             }
             return out;

@@ -13,7 +13,8 @@
 
 namespace tollgate::proxy::admin {
 
-// A query parameter's value, percent-decoded ("" when absent or empty).
+// A query parameter's value, percent-decoded ("" when absent or empty); a
+// '+' stays a '+', so a time's offset may be typed as it is.
 std::string query_param(std::string_view target, std::string_view name);
 
 // The JSON body's top-level members, read once. Each getter records the

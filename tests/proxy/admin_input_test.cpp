@@ -48,7 +48,7 @@ TEST_CASE("query_param: finds a parameter and percent-decodes it") {
     CHECK(query_param(t, "from") == "2026-11-24T10:00:00+02:00");
     CHECK(query_param(t, "empty").empty());
     CHECK(query_param(t, "missing").empty());
-    CHECK(query_param(t, "q") == "a b");
+    CHECK(query_param(t, "q") == "a+b");  // a plus is a plus (a time's offset), not a space
     CHECK(query_param(t, "bad") == "%zz%4");  // not an escape: kept as it is
     CHECK(query_param("/api/v1/x", "user_id").empty());
     CHECK(query_param("/api/v1/x?user_id", "user_id").empty());

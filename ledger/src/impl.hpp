@@ -266,6 +266,7 @@ struct ledger::impl {
     void expire_due_grants(user_book& u, time_ms at, bool include_period_allocation);
     void roll_one_boundary(user_book& u);
     void stage_subscription(const user_book& u);  // the whole row, as the book has it
+    void stage_byok_key(std::int64_t user_id, const std::string& sealed, time_ms at);
     void close_hold(hold_state& h, const char* state, time_ms at);
     void stage_usage(usage_row row);
     // Records an idempotent grant's or refund's first answer under `key`

@@ -28,7 +28,8 @@ std::string_view to_string(switch_kind kind) {
 }
 
 switch_outcome ledger::switch_tier(const switch_request& r) {
-    if ((r.option != "credits" && r.option != "byok") || r.actor.size() > 4096 || r.idempotency_key.size() > 4096) {
+    if ((r.option != "credits" && r.option != "byok") || r.actor.size() > 4096 || r.idempotency_key.size() > 4096 ||
+        (r.sealed_byok_key && (r.sealed_byok_key->empty() || r.sealed_byok_key->size() > 4096))) {
         return {result::invalid_argument};
     }
     auto& m = *impl_;
@@ -130,6 +131,7 @@ switch_outcome ledger::switch_tier(const switch_request& r) {
             // BYOK ends with the period when the new tier lacks it (see roll).
         }
         m.stage_subscription(u);
+        if (r.sealed_byok_key) m.stage_byok_key(u.id, *r.sealed_byok_key, at);
         if (!r.idempotency_key.empty()) {
             m.pending.idempotency.push_back(idempotency_row{
                 "ledger", r.idempotency_key, fingerprint,

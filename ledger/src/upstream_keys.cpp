@@ -5,26 +5,15 @@
 
 namespace tollgate::ledger {
 
-simple_outcome ledger::put_byok_key(std::int64_t user_id, const std::string& sealed) {
-    if (sealed.empty() || sealed.size() > 4096) return {result::invalid_argument};
-    auto& m = *impl_;
-    commit_seq seq = 0;
-    {
-        std::unique_lock lock(m.mu, std::defer_lock);
-        if (!m.lock_for_change(lock)) return {result::storage_failed};
-        if (!m.users.count(user_id)) return {result::unknown_user};
-        m.pending.statements.push_back([user_id, sealed, at = m.now()](sql::database& db) {
-            auto s = db.prepare(
-                "INSERT INTO openrouter_accounts (user_id, label, key_ciphertext, status, created_at_ms) "
-                "VALUES (?1, 'byok', ?2, 'byok', ?3) ON CONFLICT (user_id) DO UPDATE SET label = 'byok', "
-                "key_ciphertext = excluded.key_ciphertext, key_nonce = NULL, status = 'byok'");
-            s->bind(1, user_id).bind_blob(2, sealed).bind(3, at);
-            s->run();
-        });
-        seq = m.stage();
-    }
-    if (!wait_durable(seq)) return {result::storage_failed};
-    return {result::ok, seq};
+void ledger::impl::stage_byok_key(std::int64_t user_id, const std::string& sealed, time_ms at) {
+    pending.statements.push_back([user_id, sealed, at](sql::database& db) {
+        auto s = db.prepare(
+            "INSERT INTO openrouter_accounts (user_id, label, key_ciphertext, status, created_at_ms) "
+            "VALUES (?1, 'byok', ?2, 'byok', ?3) ON CONFLICT (user_id) DO UPDATE SET label = 'byok', "
+            "key_ciphertext = excluded.key_ciphertext, key_nonce = NULL, status = 'byok'");
+        s->bind(1, user_id).bind_blob(2, sealed).bind(3, at);
+        s->run();
+    });
 }
 
 std::optional<std::string> ledger::byok_key(std::int64_t user_id) {

@@ -101,10 +101,9 @@ awaitable<void> switch_tier(call& c) {
             co_return;
         }
         if (byok_key) {
-            // Sealed with the master key, bound to this user; never stored,
-            // logged or answered in clear.
-            const auto stored = l.put_byok_key(*user, c.x.a.keys_secret.seal(*byok_key, owner_context(*user)));
-            if (stored.code != ledger::result::ok) co_return co_await answer_ledger_error(c, stored.code);
+            // Sealed with the master key, bound to this user; stored with
+            // the switch (only if it is allowed); never logged or answered.
+            r.sealed_byok_key = c.x.a.keys_secret.seal(*byok_key, owner_context(*user));
         } else if (!l.byok_key(*user)) {
             co_await reply_error(c.x, 400, "byok_key_required",
                                  "BYOK needs the user's own OpenRouter key in 'byok_key'", "byok_key");

@@ -183,8 +183,16 @@ TEST_CASE("switch rules: options, no-ops, unknowns", "[ledger][periods]") {
     CHECK(switch_to(*l, starter, "platinum", true).code == result::unknown_tier);
     CHECK(switch_to(*l, 999, "starter", true).code == result::unknown_user);
     CHECK(switch_to(*l, starter, "starter", false, "cash").code == result::invalid_argument);
-    const auto byok = switch_to(*l, pro, "professional", false, "byok");
+    // A sealed key is stored with an allowed switch only.
+    CHECK(l->switch_tier({.user_id = pro, .tier = "enterprise", .option = "byok", .may_upgrade = false,
+                          .sealed_byok_key = std::string("sealed-A"), .actor = "user"})
+              .code == result::upgrade_not_allowed);
+    CHECK_FALSE(l->byok_key(pro));
+    const auto byok = l->switch_tier({.user_id = pro, .tier = "professional", .option = "byok", .may_upgrade = false,
+                                      .sealed_byok_key = std::string("sealed-B"), .actor = "user"});
     CHECK(byok.kind == switch_kind::option);
+    l->flush();
+    CHECK(l->byok_key(pro) == "sealed-B");
     CHECK(l->find_subscription(pro)->option == "byok");
     // A downgrade to a tier without BYOK ends BYOK with the period.
     CHECK(switch_to(*l, pro, "starter", false).kind == switch_kind::downgrade);

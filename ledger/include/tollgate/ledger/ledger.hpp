@@ -174,6 +174,9 @@ struct switch_request {
     std::string tier;
     std::string option = "credits";
     bool may_upgrade = false;  // an admin or a billing service token; not the user
+    // The user's own key for option byok, sealed by the caller: stored with
+    // the switch, only when the switch is allowed.
+    std::optional<std::string> sealed_byok_key;
     std::string actor;
     std::string idempotency_key;  // empty: none; else scoped by the caller
 };
@@ -551,11 +554,9 @@ public:
     claim claim_idempotency_key(const std::string& scope, const std::string& key, const std::string& fingerprint);
 
     // --- upstream keys -------------------------------------------------------
-    // The user's own OpenRouter key (BYOK), sealed by the caller (the ledger
-    // never sees it in clear). Replaces the one stored before; durable on
-    // return.
-    simple_outcome put_byok_key(std::int64_t user_id, const std::string& sealed);
-    // The sealed key; nullopt when the user has none (or the read failed).
+    // The user's own OpenRouter key (BYOK), as switch_tier stored it sealed
+    // (the ledger never sees it in clear); nullopt when the user has none
+    // (or the read failed).
     std::optional<std::string> byok_key(std::int64_t user_id);
 
     // --- service tokens ------------------------------------------------------

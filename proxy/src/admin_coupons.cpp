@@ -87,7 +87,14 @@ awaitable<void> create_coupon(call& c) {
                      "A free_month coupon takes only 'tier' besides the limits");
         }
     }
-    if (tier && !c.x.a.ledger.find_tier(*tier)) b.refuse("tier", fmt::format("No tier '{}'", *tier));
+    if (tier) {
+        const auto t = c.x.a.ledger.find_tier(*tier);
+        if (!t) b.refuse("tier", fmt::format("No tier '{}'", *tier));
+        // A free month of the free tier would never apply.
+        if (t && kind == ledger::coupon_kind::free_month && t->price_micros <= 0) {
+            b.refuse("tier", "A free_month coupon's 'tier' must be a paid tier");
+        }
+    }
     if (expires_at && *expires_at <= c.x.a.ledger.now_ms()) b.refuse("expires_at", "'expires_at' must be in the future");
     if (b.failed()) co_return co_await answer_refusal(c.x, b);
 
@@ -190,7 +197,10 @@ awaitable<void> deactivate_coupon(call& c) {
     }
     const auto stored = c.x.a.ledger.find_coupon(code);
     c.audit_target = fmt::format("coupon:{}", stored ? stored->code : code);
-    co_await answer_json(c, 200, fmt::format(R"({{"coupon":{}}})", stored ? coupon_json(*stored) : "null"));
+    // Built before the co_await: GCC 12 destroys the temporaries of a
+    // conditional expression inside a co_await statement twice.
+    const std::string shown = stored ? coupon_json(*stored) : std::string("null");
+    co_await answer_json(c, 200, fmt::format(R"({{"coupon":{}}})", shown));
 }
 
 }  // namespace tollgate::proxy::admin

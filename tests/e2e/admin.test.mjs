@@ -11,11 +11,8 @@ import http from 'node:http';
 import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import {
-  startStack, httpFetch, ADMIN_TOKEN, assertLedgerOk, sseData, e2eRequire,
+  startStack, httpFetch, ADMIN_TOKEN, assertLedgerOk, sseData, documentChecker,
 } from './harness.mjs';
-
-const Ajv2020 = e2eRequire('ajv/dist/2020.js').default;
-const addFormats = e2eRequire('ajv-formats').default;
 
 const API = '/api/v1';
 const MAX_AMOUNT = 1_000_000_000_000_000; // 10^15 micros
@@ -29,7 +26,7 @@ const WRONG_TOKEN = `tg_${randomBytes(32).toString('base64url')}`;
 
 let stack;
 let doc; // the document the server serves
-let schemaOf; // (method, path, status) → {what, json or sse}: the validator of that answer's schema
+let checkAnswer; // (method, path, r, what): asserts r matches the document's schema for its status
 
 before(async () => {
   stack = await startStack({ config: CONFIG });
@@ -37,7 +34,7 @@ before(async () => {
   const text = await res.text();
   assert.equal(res.status, 200, `GET ${API}/openapi.json: expected 200, got ${res.status}: ${text.slice(0, 500)}`);
   doc = JSON.parse(text);
-  schemaOf = documentValidators(doc);
+  checkAnswer = documentChecker(doc);
 });
 after(async () => {
   await stack?.stop();
@@ -45,72 +42,10 @@ after(async () => {
 
 // ---------------------------------------------------------------- the document as validators
 
-// JSON pointer inside the document ("#/components/responses/Error").
-function pointer(document, ref) {
-  assert.ok(ref.startsWith('#/'), `openapi.json: only local $refs are expected, got ${ref}`);
-  return ref.slice(2).split('/').reduce((o, k) => o?.[k.replace(/~1/g, '/').replace(/~0/g, '~')], document);
-}
-
-function documentValidators(document) {
-  assert.equal(document.openapi, '3.1.0', 'openapi.json: expected "openapi": "3.1.0"');
-  assert.deepEqual(document.servers, [{ url: API }], `openapi.json: expected servers [{url: "${API}"}]`);
-  const ajv = new Ajv2020({ strict: false, allErrors: true });
-  addFormats(ajv);
-  // The component schemas become the $defs of one registered schema; every
-  // "#/components/schemas/X" then points there absolutely.
-  const ID = 'https://tollgate.invalid/openapi/schemas';
-  const rewrite = (v) => JSON.parse(JSON.stringify(v), (k, x) =>
-    (k === '$ref' && typeof x === 'string' && x.startsWith('#/components/schemas/') ? `${ID}#/$defs/${x.slice('#/components/schemas/'.length)}` : x));
-  ajv.addSchema({ $id: ID, $defs: rewrite(document.components?.schemas ?? {}) });
-  const compiled = new Map();
-  const compile = (schema) => {
-    const key = JSON.stringify(schema);
-    if (!compiled.has(key)) compiled.set(key, ajv.compile(rewrite(schema)));
-    return compiled.get(key);
-  };
-  const deref = (o) => (o && typeof o.$ref === 'string' ? deref(pointer(document, o.$ref)) : o);
-  const templates = Object.keys(document.paths).map((t) => ({
-    template: t,
-    re: new RegExp(`^${t.replace(/[.*+?^$()|[\]\\]/g, '\\$&').replace(/\{[^}]+\}/g, '[^/]+')}$`),
-  }));
-  return (method, path, status) => {
-    const bare = path.split('?')[0];
-    const found = templates.find((t) => t.re.test(bare));
-    assert.ok(found, `openapi.json has no path for ${bare}`);
-    const op = document.paths[found.template][method.toLowerCase()];
-    assert.ok(op, `openapi.json has no ${method} ${found.template}`);
-    const listed = op.responses[String(status)];
-    const response = deref(listed ?? op.responses.default);
-    assert.ok(response, `openapi.json: ${method} ${found.template} lists neither ${status} nor default`);
-    const what = `${method} ${found.template} → ${listed ? status : 'default'}`;
-    const content = response.content ?? {};
-    if (content['application/json']) return { what, json: compile(content['application/json'].schema) };
-    if (content['text/event-stream']) {
-      const data = content['text/event-stream']['x-event-data'] ?? { $ref: '#/components/schemas/Balance' };
-      return { what, sse: compile(data) };
-    }
-    assert.fail(`openapi.json: ${what} has no application/json or text/event-stream content`);
-  };
-}
-
-const ajvErrors = (errors) => (errors ?? [])
-  .map((x) => `${x.instancePath || '/'} ${x.message}${x.params?.additionalProperty ? ` (${x.params.additionalProperty})` : ''}`)
-  .join('; ');
-
+// The answer checker (harness.mjs's documentChecker): the status's schema
+// in the served document, ajv-validated.
 function assertMatchesDocument(method, path, r, what) {
-  const { what: where, json, sse } = schemaOf(method, path, r.status);
-  if (sse) {
-    assert.match(r.headers.get('content-type') ?? '', /^text\/event-stream/, `${what}: expected content-type text/event-stream`);
-    assert.ok(r.events?.length > 0, `${what}: expected at least one event in the stream, got ${JSON.stringify(r.text)}`);
-    for (const e of r.events) {
-      assert.equal(e.event, 'balance', `${what}: expected "event: balance", got ${JSON.stringify(e)}`);
-      if (!sse(e.data)) assert.fail(`${what}: the event's data does not match ${where}'s event schema: ${ajvErrors(sse.errors)}\n${JSON.stringify(e.data)}`);
-    }
-    return;
-  }
-  assert.match(r.headers.get('content-type') ?? '', /^application\/json/, `${what}: expected content-type application/json, got ${r.headers.get('content-type')} (${r.text.slice(0, 300)})`);
-  assert.ok(r.json !== undefined, `${what}: the body is not JSON: ${r.text.slice(0, 300)}`);
-  if (!json(r.json)) assert.fail(`${what}: the ${r.status} body does not match the schema of ${where}: ${ajvErrors(json.errors)}\nbody: ${r.text.slice(0, 1500)}`);
+  checkAnswer(method, path, r, what);
 }
 
 // ---------------------------------------------------------------- calls
@@ -219,6 +154,8 @@ async function openStream(path, token, { timeoutMs = 10_000 } = {}) {
 
 let counter = 0;
 const unique = (what) => `${what}-${process.pid}-${Date.now()}-${++counter}`;
+// A coupon code of this run ([A-Z0-9_-]{3,32}).
+const couponCode = (what) => `${what}-${process.pid}-${++counter}`.toUpperCase();
 
 async function newUser(tier = 'starter', extra = {}) {
   const r = expectStatus(await api('POST', '/users', { body: { email: `${unique('admin-e2e')}@example.com`, tier, ...extra } }), 201);
@@ -285,6 +222,14 @@ const ROLES_TABLE = [
   ['GET',    '/metering/free-tier',        401, 401, 200, 200, 403, 403, 403],
   // Any key: "other" names no user here, it is just another user.
   ['GET',    '/tiers/compare',             401, 401, 200, 200, 200, 200, 200],
+  // "other" names the subject's user_id: 403; a billing token may switch anyone.
+  ['POST',   '/tiers/switch',              401, 401, 200, 200, 403, 403, 200],
+  ['POST',   '/periods/roll',              401, 401, 200, 403, 403, 403, 403],
+  ['POST',   '/coupons/create',            401, 401, 201, 403, 403, 403, 403],
+  ['POST',   '/coupons/redeem',            401, 401, 200, 200, 403, 403, 403],
+  ['GET',    '/coupons/validate',          401, 401, 200, 200, 403, 403, 403],
+  ['GET',    '/coupons/list',              401, 401, 200, 403, 403, 403, 403],
+  ['DELETE', '/coupons/{code}',            401, 401, 200, 403, 403, 403, 403],
   ['GET',    '/audit',                     401, 401, 200, 403, 403, 403, 403],
   ['GET',    '/openapi.json',              200, 200, 200, 200, 200, 200, 200],
 ];
@@ -316,6 +261,15 @@ function rolesRequest(method, template, role, ctx) {
     case 'GET /metering/by-date': return { path: `/metering/by-date?${window}&granularity=day` };
     case 'GET /metering/free-tier': return { path: `/metering/free-tier?${window}` };
     case 'GET /tiers/compare': return { path: '/tiers/compare' };
+    // The subject's own tier: a switch that changes nothing, whoever asks.
+    case 'POST /tiers/switch': return { path: '/tiers/switch', headers: idem(), body: { tier: 'starter', user_id: s } };
+    case 'POST /periods/roll': return { path: '/periods/roll' };
+    case 'POST /coupons/create': return { path: '/coupons/create', body: { code: couponCode('RC'), kind: 'credit', amount_micros: 1_000, max_uses: 5 } };
+    // Each caller redeems and deactivates its own code (made in the setup).
+    case 'POST /coupons/redeem': return { path: '/coupons/redeem', headers: idem(), body: { code: ctx.coupons[role].redeem, user_id: s } };
+    case 'GET /coupons/validate': return { path: `/coupons/validate?code=${ctx.coupons[role].redeem}&user_id=${s}` };
+    case 'GET /coupons/list': return { path: '/coupons/list' };
+    case 'DELETE /coupons/{code}': return { path: `/coupons/${ctx.coupons[role].deactivate}` };
     case 'GET /audit': return { path: '/audit?limit=5' };
     case 'GET /openapi.json': return { path: '/openapi.json' };
     default: throw new Error(`no request for ${method} ${template}`);
@@ -376,11 +330,22 @@ describe('a. roles: every operation of openapi.json with every caller', () => {
       body: { event_id: unique('roles-setup'), user_id: subject.id, service: 'chat', model: 'e2e-model', provider_cost_micros: 1_000 },
     }), 201);
     const fresh = {};
+    // A credit coupon to redeem and one to deactivate for each caller.
+    const coupons = {};
+    for (const role of COLUMNS) {
+      coupons[role] = {};
+      for (const use of ['redeem', 'deactivate']) {
+        const code = couponCode(`R${use[0]}-${role}`);
+        expectStatus(await api('POST', '/coupons/create', { body: { code, kind: 'credit', amount_micros: 1_000 } }), 201);
+        coupons[role][use] = code;
+      }
+    }
     const ctx = {
       subject,
       other,
       usageEventId: tracked.json.usage_event_id,
       keyFor: (role) => fresh[role] ?? victim,
+      coupons,
     };
 
     const failures = [];
@@ -416,6 +381,15 @@ describe('a. roles: every operation of openapi.json with every caller', () => {
     const keys = expectStatus(await api('GET', `/keys?user_id=${subject.id}`), 200).json.data;
     const v = keys.find((k) => k.id === victim);
     if (!v || v.revoked_at !== null) failures.push(`the victim key ${victim} was revoked by a caller that may not: ${JSON.stringify(v)}`);
+    // Only the admin deactivated its code; only the admin and the user redeemed theirs.
+    const listed = new Map(expectStatus(await api('GET', '/coupons/list'), 200).json.data.map((c) => [c.code, c]));
+    for (const role of COLUMNS) {
+      const r = listed.get(coupons[role].redeem);
+      const d = listed.get(coupons[role].deactivate);
+      const redeemed = role === 'admin' || role === 'user' ? 1 : 0;
+      if (r?.uses !== redeemed) failures.push(`${role}'s coupon ${coupons[role].redeem}: expected uses ${redeemed}, got ${JSON.stringify(r)}`);
+      if (d?.active !== (role !== 'admin')) failures.push(`${role}'s coupon ${coupons[role].deactivate}: expected active ${role !== 'admin'}, got ${JSON.stringify(d)}`);
+    }
     assert.deepEqual(failures, [], `${failures.length} calls differ from the roles table:\n${failures.join('\n')}`);
     await ledgerOk('after the roles table');
   });

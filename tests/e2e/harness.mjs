@@ -391,3 +391,87 @@ export function assertOpenAIError(r, status, code, what) {
 // `require` for the other pinned npm packages of package.json (ajv,
 // ajv-formats), from the same node_modules as openai.
 export const e2eRequire = createRequire(join(NODE_MODULES, 'noop.js'));
+
+// ---------------------------------------------------------------- the OpenAPI document as validators
+//
+// The admin API's answers against proxy/openapi.json (ajv, JSON Schema
+// 2020-12): documentValidators(doc) gives (method, path, status) → the
+// validator of that answer; documentChecker(doc) asserts whole answers.
+
+// JSON pointer inside the document ("#/components/responses/Error").
+function pointer(document, ref) {
+  assert.ok(ref.startsWith('#/'), `openapi.json: only local $refs are expected, got ${ref}`);
+  return ref.slice(2).split('/').reduce((o, k) => o?.[k.replace(/~1/g, '/').replace(/~0/g, '~')], document);
+}
+
+export function documentValidators(document) {
+  assert.equal(document.openapi, '3.1.0', 'openapi.json: expected "openapi": "3.1.0"');
+  assert.deepEqual(document.servers, [{ url: '/api/v1' }], 'openapi.json: expected servers [{url: "/api/v1"}]');
+  const Ajv2020 = e2eRequire('ajv/dist/2020.js').default;
+  const addFormats = e2eRequire('ajv-formats').default;
+  const ajv = new Ajv2020({ strict: false, allErrors: true });
+  addFormats(ajv);
+  // The component schemas become the $defs of one registered schema; every
+  // "#/components/schemas/X" then points there absolutely.
+  const ID = 'https://tollgate.invalid/openapi/schemas';
+  const rewrite = (v) => JSON.parse(JSON.stringify(v), (k, x) =>
+    (k === '$ref' && typeof x === 'string' && x.startsWith('#/components/schemas/') ? `${ID}#/$defs/${x.slice('#/components/schemas/'.length)}` : x));
+  ajv.addSchema({ $id: ID, $defs: rewrite(document.components?.schemas ?? {}) });
+  const compiled = new Map();
+  const compile = (schema) => {
+    const key = JSON.stringify(schema);
+    if (!compiled.has(key)) compiled.set(key, ajv.compile(rewrite(schema)));
+    return compiled.get(key);
+  };
+  const deref = (o) => (o && typeof o.$ref === 'string' ? deref(pointer(document, o.$ref)) : o);
+  const templates = Object.keys(document.paths).map((t) => ({
+    template: t,
+    re: new RegExp(`^${t.replace(/[.*+?^$()|[\]\\]/g, '\\$&').replace(/\{[^}]+\}/g, '[^/]+')}$`),
+  }));
+  return (method, path, status) => {
+    const bare = path.split('?')[0];
+    const found = templates.find((t) => t.re.test(bare));
+    assert.ok(found, `openapi.json has no path for ${bare}`);
+    const op = document.paths[found.template][method.toLowerCase()];
+    assert.ok(op, `openapi.json has no ${method} ${found.template}`);
+    const listed = op.responses[String(status)];
+    const response = deref(listed ?? op.responses.default);
+    assert.ok(response, `openapi.json: ${method} ${found.template} lists neither ${status} nor default`);
+    const what = `${method} ${found.template} → ${listed ? status : 'default'}`;
+    const content = response.content ?? {};
+    if (content['application/json']) return { what, json: compile(content['application/json'].schema) };
+    if (content['text/event-stream']) {
+      const data = content['text/event-stream']['x-event-data'] ?? { $ref: '#/components/schemas/Balance' };
+      return { what, sse: compile(data) };
+    }
+    assert.fail(`openapi.json: ${what} has no application/json or text/event-stream content`);
+  };
+}
+
+export const ajvErrors = (errors) => (errors ?? [])
+  .map((x) => `${x.instancePath || '/'} ${x.message}${x.params?.additionalProperty ? ` (${x.params.additionalProperty})` : ''}`)
+  .join('; ');
+
+// An answer checker for an OpenAPI document: (method, path, r, what)
+// asserts that `r` ({status, headers, text, json} or a stream's {events})
+// matches the schema the document gives for that operation and status.
+export function documentChecker(document) {
+  const schemaOf = documentValidators(document);
+  return (method, path, r, what) => assertMatchesSchema(schemaOf, method, path, r, what);
+}
+
+function assertMatchesSchema(schemaOf, method, path, r, what) {
+  const { what: where, json, sse } = schemaOf(method, path, r.status);
+  if (sse) {
+    assert.match(r.headers.get('content-type') ?? '', /^text\/event-stream/, `${what}: expected content-type text/event-stream`);
+    assert.ok(r.events?.length > 0, `${what}: expected at least one event in the stream, got ${JSON.stringify(r.text)}`);
+    for (const e of r.events) {
+      assert.equal(e.event, 'balance', `${what}: expected "event: balance", got ${JSON.stringify(e)}`);
+      if (!sse(e.data)) assert.fail(`${what}: the event's data does not match ${where}'s event schema: ${ajvErrors(sse.errors)}\n${JSON.stringify(e.data)}`);
+    }
+    return;
+  }
+  assert.match(r.headers.get('content-type') ?? '', /^application\/json/, `${what}: expected content-type application/json, got ${r.headers.get('content-type')} (${r.text.slice(0, 300)})`);
+  assert.ok(r.json !== undefined, `${what}: the body is not JSON: ${r.text.slice(0, 300)}`);
+  if (!json(r.json)) assert.fail(`${what}: the ${r.status} body does not match the schema of ${where}: ${ajvErrors(json.errors)}\nbody: ${r.text.slice(0, 1500)}`);
+}

@@ -140,10 +140,12 @@ TEST_CASE("a starter user's year: coupon, debt, upgrade, discount, downgrade, ro
     CHECK(l->roll_periods().count == 0);  // rolling again changes nothing
 }
 
-TEST_CASE("every tier through a year of monthly usage", "[ledger][periods]") {
+TEST_CASE("every tier through a year of monthly usage, with a coupon", "[ledger][periods]") {
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
+    REQUIRE(l->create_coupon({.code = "YEAR2", .kind = coupon_kind::credit, .amount_micros = 2'000'000}).code ==
+            result::ok);
     struct plan {
         const char* tier;
         std::int64_t monthly;
@@ -160,11 +162,17 @@ TEST_CASE("every tier through a year of monthly usage", "[ledger][periods]") {
         const std::int64_t cap = p.monthly * p.rollover_percent / 100;
         for (int month = 0; month < 12; ++month) {
             clock.set(l->find_subscription(user)->period_start_ms + 5 * day_ms);
+            if (month == 0) {
+                // $2 of bonus, spent before the allocation: none of it rolls over.
+                REQUIRE(l->redeem_coupon(user, "YEAR2", "user").refusal == coupon_refusal::none);
+                expected += 2'000'000;
+            }
             charge(*l, user, 4'000'000, fmt::format("{}-{}", p.tier, month));
             expected -= 4'000'000;
             REQUIRE(l->get_balance(user)->balance_micros == expected);
             clock.set(l->find_subscription(user)->period_end_ms);
-            // What is left is all allocation (the rollover grant included): keep up to the cap.
+            // What is left is all allocation (the rollover grant included; the
+            // bonus went first): keep up to the cap.
             expected = std::min(expected, cap) + p.monthly;
             REQUIRE(l->get_balance(user)->balance_micros == expected);
             require_ledger_ok(*l);

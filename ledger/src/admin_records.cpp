@@ -56,6 +56,36 @@ std::optional<service_token> ledger::find_service_token_by_hash(std::string_view
     }
 }
 
+std::vector<service_token> ledger::service_tokens() {
+    std::vector<service_token> out;
+    try {
+        auto db = impl_->reader();
+        auto s = db->prepare(
+            "SELECT id, token_hash, token_prefix, name, scopes, created_at_ms, revoked_at_ms FROM service_tokens "
+            "ORDER BY id DESC");
+        while (s->step()) {
+            out.push_back({s->int64(0), s->blob(1), s->text(2), s->text(3), s->text(4), s->int64(5),
+                           s->optional_int64(6)});
+        }
+    } catch (const sql::error&) {
+        out.clear();
+    }
+    return out;
+}
+
+simple_outcome ledger::revoke_service_token(std::int64_t token_id) {
+    auto& m = *impl_;
+    std::unique_lock lock(m.mu, std::defer_lock);
+    if (!m.lock_for_change(lock)) return {result::storage_failed};
+    if (token_id < 1 || token_id >= m.next_service_token_id) return {result::unknown_key};
+    m.pending.statements.push_back([token_id, at = m.now()](sql::database& db) {
+        auto s = db.prepare("UPDATE service_tokens SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL");
+        s->bind(1, token_id).bind(2, at);
+        s->run();
+    });
+    return {result::ok, m.stage()};
+}
+
 simple_outcome ledger::record_audit(audit_entry entry) {
     if (entry.actor.empty() || entry.action.empty() || !valid_audit_text(entry.actor) ||
         !valid_audit_text(entry.action) || !valid_audit_text(entry.target) || !valid_audit_text(entry.detail) ||

@@ -208,6 +208,8 @@ const std::array routes{
     route{http::verb::get, "/api/v1/keys", by_admin | by_user, idempotency::ignored, list_keys},
     route{http::verb::delete_, "/api/v1/keys/{id}", by_admin | by_user, idempotency::ignored, revoke_key},
     route{http::verb::post, "/api/v1/service-tokens", by_admin, idempotency::secret, create_service_token},
+    route{http::verb::get, "/api/v1/service-tokens", by_admin, idempotency::ignored, list_service_tokens},
+    route{http::verb::delete_, "/api/v1/service-tokens/{id}", by_admin, idempotency::ignored, revoke_service_token},
     route{http::verb::get, "/api/v1/credits/balance", by_admin | by_user, idempotency::ignored, balance},
     route{http::verb::get, "/api/v1/credits/balance/stream", by_admin | by_user, idempotency::ignored,
           balance_stream},

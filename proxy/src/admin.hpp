@@ -101,6 +101,8 @@ net::awaitable<void> create_key(call& c);
 net::awaitable<void> list_keys(call& c);
 net::awaitable<void> revoke_key(call& c);
 net::awaitable<void> create_service_token(call& c);
+net::awaitable<void> list_service_tokens(call& c);
+net::awaitable<void> revoke_service_token(call& c);
 net::awaitable<void> balance(call& c);
 net::awaitable<void> balance_stream(call& c);
 net::awaitable<void> allocate(call& c);

@@ -227,6 +227,22 @@ awaitable<void> revoke_key(call& c) {
     co_await answer_json(c, 200, fmt::format(R"({{"id":{},"revoked":true}})", *id));
 }
 
+namespace {
+
+// ["meter","billing"] from "meter billing".
+std::string scopes_json(std::string_view joined) {
+    std::string out;
+    for (std::string_view rest = joined; !rest.empty();) {
+        const auto space = rest.find(' ');
+        if (!out.empty()) out += ',';
+        out += fmt::format("\"{}\"", json_escape(rest.substr(0, space)));
+        if (space == std::string_view::npos) break;
+        rest.remove_prefix(space + 1);
+    }
+    return "[" + out + "]";
+}
+}  // namespace
+
 // `scopes`: "meter" (metering/track, credits/deduct), "billing" (upgrades
 // through tiers/switch).
 awaitable<void> create_service_token(call& c) {
@@ -256,17 +272,41 @@ awaitable<void> create_service_token(call& c) {
                                                         .revoked_at_ms = std::nullopt});
     if (out.code != ledger::result::ok) co_return co_await answer_ledger_error(c, out.code);
     c.audit_target = fmt::format("service:{}", out.key_id);
-    std::string scope_list;
-    for (std::string_view rest = joined; !rest.empty();) {
-        const auto space = rest.find(' ');
-        if (!scope_list.empty()) scope_list += ',';
-        scope_list += fmt::format("\"{}\"", rest.substr(0, space));
-        if (space == std::string_view::npos) break;
-        rest.remove_prefix(space + 1);
-    }
     co_await answer_json(c, 201,
-                         fmt::format(R"({{"id":{},"token":"{}","name":"{}","scopes":[{}]}})", out.key_id, secret,
-                                     json_escape(*name), scope_list));
+                         fmt::format(R"({{"id":{},"token":"{}","name":"{}","scopes":{}}})", out.key_id, secret,
+                                     json_escape(*name), scopes_json(joined)));
+}
+
+// Every token, newest first, revoked ones included; never the secret.
+awaitable<void> list_service_tokens(call& c) {
+    std::string out = R"({"data":[)";
+    bool first = true;
+    for (const auto& t : c.x.a.ledger.service_tokens()) {
+        if (!first) out += ',';
+        first = false;
+        std::string revoked = "null";
+        if (t.revoked_at_ms) revoked = fmt::format("\"{}\"", rfc3339(*t.revoked_at_ms));
+        out += fmt::format(R"({{"id":{},"name":"{}","prefix":"{}","scopes":{},"created_at":"{}","revoked_at":{}}})",
+                           t.id, json_escape(t.name), json_escape(t.token_prefix), scopes_json(t.scopes),
+                           rfc3339(t.created_at_ms), revoked);
+    }
+    out += "]}";
+    co_await answer_json(c, 200, std::move(out));
+}
+
+awaitable<void> revoke_service_token(call& c) {
+    const auto id = id_of(c.path_id);
+    const auto out = id ? c.x.a.ledger.revoke_service_token(*id) : ledger::simple_outcome{ledger::result::unknown_key};
+    if (out.code == ledger::result::unknown_key) {
+        co_await reply_error(c.x, 404, "token_not_found", "No such service token", "id");
+        co_return;
+    }
+    if (out.code != ledger::result::ok || !co_await durable(c.x.a, out.seq)) {
+        co_await reply_error(c.x, 500, "storage_failed", "The service token was not revoked");
+        co_return;
+    }
+    c.audit_target = fmt::format("service:{}", *id);
+    co_await answer_json(c, 200, fmt::format(R"({{"id":{},"revoked":true}})", *id));
 }
 
 }  // namespace tollgate::proxy::admin

@@ -209,6 +209,8 @@ const ROLES_TABLE = [
   // Another user's key id is "not found" to a user (it names no user_id).
   ['DELETE', '/keys/{id}',                 401, 401, 200, 200, 404, 403, 403],
   ['POST',   '/service-tokens',            401, 401, 201, 403, 403, 403, 403],
+  ['GET',    '/service-tokens',            401, 401, 200, 403, 403, 403, 403],
+  ['DELETE', '/service-tokens/{id}',       401, 401, 200, 403, 403, 403, 403],
   ['GET',    '/credits/balance',           401, 401, 200, 200, 403, 403, 403],
   ['GET',    '/credits/balance/stream',    401, 401, 200, 200, 403, 403, 403],
   ['POST',   '/credits/allocate',          401, 401, 201, 403, 403, 403, 403],
@@ -249,6 +251,9 @@ function rolesRequest(method, template, role, ctx) {
     case 'GET /keys': return { path: `/keys?user_id=${s}` };
     case 'DELETE /keys/{id}': return { path: `/keys/${ctx.keyFor(role)}` };
     case 'POST /service-tokens': return { path: '/service-tokens', body: { name: `roles ${role}`, scopes: ['meter'] } };
+    case 'GET /service-tokens': return { path: '/service-tokens' };
+    // Each caller tries to revoke its own throwaway token (made in the setup).
+    case 'DELETE /service-tokens/{id}': return { path: `/service-tokens/${ctx.throwaway[role]}` };
     case 'GET /credits/balance': return { path: `/credits/balance?user_id=${s}` };
     case 'GET /credits/balance/stream': return { path: `/credits/balance/stream?user_id=${s}`, stream: true };
     case 'POST /credits/allocate': return { path: '/credits/allocate', headers: idem(), body: { user_id: s, amount_micros: 1_000, kind: 'bonus', reason: `roles ${role}` } };
@@ -340,7 +345,16 @@ describe('a. roles: every operation of openapi.json with every caller', () => {
         coupons[role][use] = code;
       }
     }
+    // A throwaway service token per caller, for DELETE /service-tokens/{id}.
+    const throwaway = {};
+    const throwawaySecret = {};
+    for (const role of COLUMNS) {
+      const made = expectStatus(await api('POST', '/service-tokens', { body: { name: `throwaway ${role}`, scopes: ['meter'] } }), 201).json;
+      throwaway[role] = made.id;
+      throwawaySecret[role] = made.token;
+    }
     const ctx = {
+      throwaway,
       subject,
       other,
       usageEventId: tracked.json.usage_event_id,
@@ -381,6 +395,16 @@ describe('a. roles: every operation of openapi.json with every caller', () => {
     const keys = expectStatus(await api('GET', `/keys?user_id=${subject.id}`), 200).json.data;
     const v = keys.find((k) => k.id === victim);
     if (!v || v.revoked_at !== null) failures.push(`the victim key ${victim} was revoked by a caller that may not: ${JSON.stringify(v)}`);
+    // Only the admin's throwaway service token was revoked, and it stopped working at once.
+    const tokens_listed = new Map(expectStatus(await api('GET', '/service-tokens'), 200).json.data.map((t) => [t.id, t]));
+    for (const role of COLUMNS) {
+      const t = tokens_listed.get(throwaway[role]);
+      const revoked = role === 'admin';
+      if ((t?.revoked_at !== null) !== revoked) failures.push(`${role}'s throwaway token: expected revoked ${revoked}, got ${JSON.stringify(t)}`);
+      if (JSON.stringify(t ?? {}).includes(throwawaySecret[role])) failures.push(`GET /service-tokens shows ${role}'s secret`);
+      const use = await api('GET', '/tiers/compare', { token: throwawaySecret[role], check: false });
+      if (use.status !== (revoked ? 401 : 200)) failures.push(`${role}'s throwaway token after the table: expected ${revoked ? 401 : 200}, got ${use.status}`);
+    }
     // Only the admin deactivated its code; only the admin and the user redeemed theirs.
     const listed = new Map(expectStatus(await api('GET', '/coupons/list'), 200).json.data.map((c) => [c.code, c]));
     for (const role of COLUMNS) {

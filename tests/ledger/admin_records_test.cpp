@@ -251,6 +251,10 @@ TEST_CASE("audit entries, service tokens and tier changes are kept", "[ledger]")
         CHECK(l->create_service_token({.token_hash = "hash-1", .name = "again"}).code == result::key_exists);
         CHECK(l->create_service_token({.token_hash = "hash-2", .name = ""}).code == result::invalid_argument);
 
+        const auto second = l->create_service_token({.token_hash = "hash-2", .name = "billing", .scopes = "billing"});
+        REQUIRE(second.code == result::ok);
+        CHECK(l->revoke_service_token(second.key_id).code == result::ok);
+        CHECK(l->revoke_service_token(999).code == result::unknown_key);
         CHECK(l->set_tier(user, "professional").code == result::ok);
         CHECK(l->set_tier(user, "nope").code == result::unknown_tier);
         CHECK(l->set_tier(999, "starter").code == result::unknown_user);
@@ -276,6 +280,12 @@ TEST_CASE("audit entries, service tokens and tier changes are kept", "[ledger]")
     CHECK(found->scopes == "meter");
     CHECK_FALSE(found->revoked_at_ms);
     CHECK_FALSE(l->find_service_token_by_hash("hash-x"));
+    const auto listed = l->service_tokens();
+    REQUIRE(listed.size() == 2);
+    CHECK(listed[0].name == "billing");  // newest first
+    CHECK(listed[0].revoked_at_ms);
+    CHECK(l->find_service_token_by_hash("hash-2")->revoked_at_ms);
+    CHECK_FALSE(listed[1].revoked_at_ms);
     // A reopened ledger still knows the hash is taken.
     CHECK(l->create_service_token({.token_hash = "hash-1", .name = "again"}).code == result::key_exists);
 

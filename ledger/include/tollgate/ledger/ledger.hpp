@@ -564,6 +564,9 @@ public:
     key_outcome create_service_token(service_token token);
     // nullopt when absent or when the read failed (authentication fails closed).
     std::optional<service_token> find_service_token_by_hash(std::string_view token_hash);
+    std::vector<service_token> service_tokens();  // newest first, revoked ones included
+    // Takes effect at once: tokens are looked up on every call, not cached.
+    simple_outcome revoke_service_token(std::int64_t token_id);
 
     // --- audit ---------------------------------------------------------------
     // Staged with the next batch; the entry's id and time are assigned.

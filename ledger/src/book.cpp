@@ -186,16 +186,28 @@ void ledger::impl::roll_one_boundary(user_book& u) {
 
     // 3. A scheduled downgrade takes effect, or the end of a free-month
     // trial; 4. the new period begins, with what coupons left on it.
+    const std::string tier_before = sub.tier;
     if (sub.pending_tier) {
         sub.tier = *sub.pending_tier;
         sub.pending_tier.reset();
-        const auto lower = tiers_by_id.find(sub.tier);
-        if (lower != tiers_by_id.end() && !lower->second.byok_available) sub.option = "credits";
     }
     if (sub.revert_at_ms && *sub.revert_at_ms <= boundary) {
         if (sub.revert_tier) sub.tier = *sub.revert_tier;
         sub.revert_tier.reset();
         sub.revert_at_ms.reset();
+    }
+    if (sub.tier != tier_before) {
+        // A cheaper tier: BYOK ends where it has none, and an overage limit
+        // left at the old tier's default follows the new tier's.
+        const auto lower = tiers_by_id.find(sub.tier);
+        if (lower != tiers_by_id.end()) {
+            if (!lower->second.byok_available) sub.option = "credits";
+            if (ending_tier != tiers_by_id.end() &&
+                u.overage_limit_micros == ending_tier->second.default_overage_limit_micros) {
+                u.overage_limit_micros = lower->second.default_overage_limit_micros;
+                stage_credits(u);
+            }
+        }
     }
     sub.period_start_ms = boundary;
     sub.period_end_ms = civil::next_boundary_after(sub.anchor_ms, boundary);

@@ -357,15 +357,21 @@ simple_outcome ledger::set_tier(std::int64_t user_id, const std::string& tier_id
     auto& m = *impl_;
     std::unique_lock lock(m.mu, std::defer_lock);
     if (!m.lock_for_change(lock)) return {result::storage_failed};
-    if (!m.tiers_by_id.count(tier_id)) return {result::unknown_tier};
+    const auto tier_it = m.tiers_by_id.find(tier_id);
+    if (tier_it == m.tiers_by_id.end()) return {result::unknown_tier};
+    // Due boundaries roll under the tier they belong to, before the change.
+    user_book* const found = m.current_user(user_id, m.now());
+    if (!found || !found->sub) return {result::unknown_user};
     const auto it = m.users.find(user_id);
-    if (it == m.users.end() || !it->second.sub) return {result::unknown_user};
     // A tier set by hand replaces any scheduled change, a free-month
     // trial's return included.
     it->second.sub->tier = tier_id;
     it->second.sub->pending_tier.reset();
     it->second.sub->revert_tier.reset();
     it->second.sub->revert_at_ms.reset();
+    it->second.sub->period_waived = false;
+    it->second.sub->waive_next_period = false;
+    if (!tier_it->second.byok_available) it->second.sub->option = "credits";
     m.stage_subscription(it->second);
     return {result::ok, m.stage()};
 }
@@ -795,6 +801,8 @@ charge_outcome ledger::deduct(const deduct_request& r) {
         const time_ms at = m.now();
         user_book* const found = m.current_user(r.user_id, at);
         if (!found) return {result::unknown_user};
+        // A key the database does not hold would fail the batch for everyone.
+        if (r.usage && r.usage->key_id && !m.key_ids.count(*r.usage->key_id)) return {result::unknown_key};
         auto& u = *found;
         const std::int64_t available = u.available_micros();
         if (available < r.amount_micros && !r.allow_debt) {

@@ -82,8 +82,17 @@ switch_outcome ledger::switch_tier(const switch_request& r) {
 
         if (to.id == from.id) {
             // The same tier: the option changes at once; a scheduled
-            // downgrade is called off (the user chose to stay).
+            // downgrade is called off (the user chose to stay). Bought by a
+            // billing system or an admin during a free-month trial, the tier
+            // is now paid for: the trial ends, with no return.
             out.kind = sub.option != r.option || sub.pending_tier ? switch_kind::option : switch_kind::none;
+            if (r.may_upgrade && sub.revert_at_ms) {
+                out.kind = switch_kind::upgrade;
+                sub.revert_tier.reset();
+                sub.revert_at_ms.reset();
+                sub.period_waived = false;
+                sub.waive_next_period = false;
+            }
             sub.option = r.option;
             sub.pending_tier.reset();
         } else if (to.price_micros > from.price_micros || (to.price_micros == from.price_micros && r.may_upgrade)) {

@@ -258,3 +258,62 @@ TEST_CASE("redemptions during a period roll: every user gets the new period and 
     CHECK(l->find_coupon("ROLLING")->uses == 200);
     require_ledger_ok(*l);
 }
+
+TEST_CASE("review findings: BYOK never outlives a tier without it; overage follows a downgrade; a paid trial tier stays",
+          "[ledger][periods]") {
+    temp_dir dir;
+    manual_clock clock;
+    auto l = open_ledger(dir.file("t.db"), clock);
+
+    // A trial of professional taken to BYOK ends on free, with credits.
+    REQUIRE(l->create_coupon({.code = "PROMONTH", .kind = coupon_kind::free_month, .tier = "professional"}).code ==
+            result::ok);
+    const auto trial = l->create_user({.email = "trial@example.com", .tier = "free"}).user_id;
+    REQUIRE(l->redeem_coupon(trial, "PROMONTH", "user").refusal == coupon_refusal::none);
+    REQUIRE(l->switch_tier({.user_id = trial, .tier = "professional", .option = "byok", .actor = "user"}).code ==
+            result::ok);
+    for (int i = 0; i < 2; ++i) {
+        clock.set(l->find_subscription(trial)->period_end_ms);
+        REQUIRE(l->get_balance(trial));
+    }
+    CHECK(l->find_subscription(trial)->tier == "free");
+    CHECK(l->find_subscription(trial)->option == "credits");
+
+    // set_tier to a tier without BYOK ends it too.
+    const auto pro = l->create_user({.email = "pro@example.com", .tier = "professional"}).user_id;
+    REQUIRE(switch_to(*l, pro, "professional", false, "byok").code == result::ok);
+    REQUIRE(l->set_tier(pro, "starter").code == result::ok);
+    CHECK(l->find_subscription(pro)->option == "credits");
+
+    // A downgrade takes the new tier's default overage limit with it.
+    const auto ent = l->create_user({.email = "ent@example.com", .tier = "enterprise"}).user_id;
+    CHECK(l->get_balance(ent)->overage_limit_micros == 100'000'000);
+    REQUIRE(switch_to(*l, ent, "free", false).kind == switch_kind::downgrade);
+    clock.set(l->find_subscription(ent)->period_end_ms);
+    CHECK(l->get_balance(ent)->overage_limit_micros == 0);
+
+    // A billing system buying the trial's own tier ends the trial: no return to free.
+    REQUIRE(l->create_coupon({.code = "STARTMONTH", .kind = coupon_kind::free_month}).code == result::ok);
+    const auto bought = l->create_user({.email = "bought@example.com", .tier = "free"}).user_id;
+    REQUIRE(l->redeem_coupon(bought, "STARTMONTH", "user").refusal == coupon_refusal::none);
+    CHECK(switch_to(*l, bought, "starter", true).kind == switch_kind::upgrade);
+    CHECK_FALSE(l->find_subscription(bought)->revert_at_ms);
+    for (int i = 0; i < 2; ++i) {
+        clock.set(l->find_subscription(bought)->period_end_ms);
+        REQUIRE(l->get_balance(bought));
+    }
+    CHECK(l->find_subscription(bought)->tier == "starter");
+
+    // A tracked event naming a key the database lacks is refused, not written.
+    ledger::deduct_request r;
+    r.user_id = bought;
+    r.amount_micros = 5;
+    r.event_id = "bad-key";
+    r.usage = ledger::usage_event{};
+    r.usage->service = "search";
+    r.usage->key_id = 999'999;
+    r.allow_debt = true;
+    CHECK(l->deduct(r).code == result::unknown_key);
+    CHECK_FALSE(l->failed());
+    require_ledger_ok(*l);
+}

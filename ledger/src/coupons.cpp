@@ -5,9 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <array>
 #include <cctype>
-#include <charconv>
 
 #include "civil_time.hpp"
 #include "impl.hpp"
@@ -197,18 +195,10 @@ redemption ledger::redeem_coupon(std::int64_t user_id, const std::string& code, 
         external.lock();
         try {
             auto db = m.reader();
-            auto s = db->prepare("SELECT fingerprint, result FROM idempotency_keys WHERE scope = 'ledger' AND key = ?1");
-            s->bind(1, idempotency_key);
-            if (s->step()) {
-                if (s->text(0) != fingerprint) return {result::idempotency_conflict};
-                // "<redemption> <grant or 0> <amount> <until or 0> <balance>"
-                std::array<std::int64_t, 5> v{};
-                const std::string text = s->text(1);
-                const char* p = text.data();
-                for (auto& n : v) {
-                    while (*p == ' ') ++p;
-                    p = std::from_chars(p, text.data() + text.size(), n).ptr;
-                }
+            // <redemption> <grant or 0> <amount> <until or 0> <balance>
+            if (const auto stored = impl::stored_answer_of(*db.db, idempotency_key, fingerprint, 5)) {
+                if (stored->conflict) return {result::idempotency_conflict};
+                const auto& v = stored->numbers;
                 redemption first;
                 first.redemption_id = v[0];
                 if (v[1]) first.grant_id = v[1];
@@ -329,11 +319,10 @@ redemption ledger::redeem_coupon(std::int64_t user_id, const std::string& code, 
                 s->run();
             });
         if (!idempotency_key.empty()) {
-            m.pending.idempotency.push_back(idempotency_row{
-                "ledger", idempotency_key, fingerprint,
-                fmt::format("{} {} {} {} {}", out.redemption_id, out.grant_id.value_or(0), out.amount_micros,
-                            out.until_ms.value_or(0), out.balance_micros),
-                at});
+            m.stage_answer(idempotency_key, fingerprint,
+                           {out.redemption_id, out.grant_id.value_or(0), out.amount_micros, out.until_ms.value_or(0),
+                            out.balance_micros},
+                           at);
         }
         out.seq = m.stage();
     }

@@ -274,6 +274,21 @@ struct ledger::impl {
     void stage_idempotency(const std::string& key, const std::string& fingerprint, const grant_outcome& first,
                            time_ms at);
 
+    // The first answer of a call replayed by a `ledger`-scope idempotency key
+    // (grants, refunds, coupon redemptions, tier switches) is kept as its
+    // numbers. Staged with the batch that holds the call's rows:
+    void stage_answer(const std::string& key, const std::string& fingerprint,
+                      std::initializer_list<std::int64_t> numbers, time_ms at);
+    // ... and read back: nullopt when the key is new; `conflict` when it came
+    // with another request; else the numbers (missing ones 0). Throws
+    // sql::error when the read fails.
+    struct stored_answer {
+        bool conflict = false;
+        std::vector<std::int64_t> numbers;
+    };
+    static std::optional<stored_answer> stored_answer_of(sql::database& db, const std::string& key,
+                                                         const std::string& fingerprint, std::size_t count);
+
     // Waiting for space keeps the pending batch bounded.
     void wait_for_space(std::unique_lock<std::mutex>& lock);
     // The start of every change: takes mu (deferred `lock`), waits for room

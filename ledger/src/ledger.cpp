@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -129,9 +130,35 @@ void ledger::impl::stage_idempotency(const std::string& key, const std::string& 
             break;
         }
     }
-    pending.idempotency.push_back(idempotency_row{
-        "ledger", key, fingerprint,
-        fmt::format("{} {} {}", first.grant_id, first.transaction_id, first.balance_micros), at});
+    stage_answer(key, fingerprint, {first.grant_id, first.transaction_id, first.balance_micros}, at);
+}
+
+void ledger::impl::stage_answer(const std::string& key, const std::string& fingerprint,
+                                std::initializer_list<std::int64_t> numbers, time_ms at) {
+    pending.idempotency.push_back(idempotency_row{"ledger", key, fingerprint, fmt::format("{}", fmt::join(numbers, " ")),
+                                                  at});
+}
+
+std::optional<ledger::impl::stored_answer> ledger::impl::stored_answer_of(sql::database& db, const std::string& key,
+                                                                          const std::string& fingerprint,
+                                                                          std::size_t count) {
+    auto s = db.prepare("SELECT fingerprint, result FROM idempotency_keys WHERE scope = 'ledger' AND key = ?1");
+    s->bind(1, key);
+    if (!s->step()) return std::nullopt;
+    stored_answer out;
+    if (s->text(0) != fingerprint) {
+        out.conflict = true;
+        return out;
+    }
+    out.numbers.assign(count, 0);
+    const std::string text = s->text(1);
+    const char* p = text.data();
+    const char* const end = text.data() + text.size();
+    for (auto& n : out.numbers) {
+        while (p < end && *p == ' ') ++p;
+        p = std::from_chars(p, end, n).ptr;
+    }
+    return out;
 }
 
 void ledger::impl::wait_for_space(std::unique_lock<std::mutex>& lock) {
@@ -546,17 +573,13 @@ namespace {
 // idempotency_conflict when it came with another request.
 std::optional<grant_outcome> replay_of(sql::database& db, const std::string& key, const std::string& fingerprint) {
     if (key.empty()) return std::nullopt;
-    auto s = db.prepare("SELECT fingerprint, result FROM idempotency_keys WHERE scope = 'ledger' AND key = ?1");
-    s->bind(1, key);
-    if (!s->step()) return std::nullopt;
-    if (s->text(0) != fingerprint) return grant_outcome{result::idempotency_conflict};
+    const auto stored = ledger::impl::stored_answer_of(db, key, fingerprint, 3);
+    if (!stored) return std::nullopt;
+    if (stored->conflict) return grant_outcome{result::idempotency_conflict};
     grant_outcome out;
-    long long g = 0, t = 0, b = 0;
-    if (std::sscanf(s->text(1).c_str(), "%lld %lld %lld", &g, &t, &b) == 3) {
-        out.grant_id = g;
-        out.transaction_id = t;
-        out.balance_micros = b;
-    }
+    out.grant_id = stored->numbers[0];
+    out.transaction_id = stored->numbers[1];
+    out.balance_micros = stored->numbers[2];
     out.replayed = true;
     return out;
 }

@@ -5,8 +5,6 @@
 // within a tier that offers BYOK, at once.
 #include <fmt/format.h>
 
-#include <array>
-#include <charconv>
 
 #include "impl.hpp"
 
@@ -39,18 +37,10 @@ switch_outcome ledger::switch_tier(const switch_request& r) {
         external.lock();
         try {
             auto db = m.reader();
-            auto s = db->prepare("SELECT fingerprint, result FROM idempotency_keys WHERE scope = 'ledger' AND key = ?1");
-            s->bind(1, r.idempotency_key);
-            if (s->step()) {
-                if (s->text(0) != fingerprint) return {result::idempotency_conflict};
-                // "<kind> <grant or 0> <granted>"
-                std::array<std::int64_t, 3> v{};
-                const std::string text = s->text(1);
-                const char* p = text.data();
-                for (auto& n : v) {
-                    while (*p == ' ') ++p;
-                    p = std::from_chars(p, text.data() + text.size(), n).ptr;
-                }
+            // <kind> <grant or 0> <granted>
+            if (const auto stored = impl::stored_answer_of(*db.db, r.idempotency_key, fingerprint, 3)) {
+                if (stored->conflict) return {result::idempotency_conflict};
+                const auto& v = stored->numbers;
                 switch_outcome first;
                 first.kind = static_cast<switch_kind>(v[0]);
                 if (v[1]) first.grant_id = v[1];
@@ -142,9 +132,8 @@ switch_outcome ledger::switch_tier(const switch_request& r) {
         m.stage_subscription(u);
         if (r.sealed_byok_key) m.stage_byok_key(u.id, *r.sealed_byok_key, at);
         if (!r.idempotency_key.empty()) {
-            m.pending.idempotency.push_back(idempotency_row{
-                "ledger", r.idempotency_key, fingerprint,
-                fmt::format("{} {} {}", static_cast<int>(out.kind), out.grant_id.value_or(0), out.granted_micros), at});
+            m.stage_answer(r.idempotency_key, fingerprint,
+                           {static_cast<std::int64_t>(out.kind), out.grant_id.value_or(0), out.granted_micros}, at);
         }
         out.seq = m.stage();
     }

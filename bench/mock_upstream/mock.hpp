@@ -300,22 +300,75 @@ struct generation_record {
     token_counts tokens;
     std::int64_t created_unix = 0;
     std::int64_t latency_ms = 0;
+    std::int64_t recorded_ms = 0;  // a steady clock in ms, when add() was called (for visible_after_ms)
     bool streamed = false;
-    bool cancelled = false;
+    bool cancelled = false;  // the client closed the stream before its end
 };
 
 // The last `capacity` generations served, for GET /api/v1/generation?id=.
+// A generation becomes visible `visible_after_ms` after it was recorded, as
+// OpenRouter's /generation is briefly 404 right after a call (eventual
+// consistency); 0 makes it visible at once.
 class generation_store {
 public:
     static constexpr std::size_t capacity = 10'000;
+    explicit generation_store(std::int64_t visible_after_ms = 0) : visible_after_ms_(visible_after_ms) {}
     void add(generation_record record);
-    bool render(std::string_view id, std::string& out) const;  // {"data":{…}}
+    // {"data":{…}}; false when `id` is unknown or was recorded less than
+    // visible_after_ms before `now_ms` (same clock as recorded_ms).
+    bool render(std::string_view id, std::int64_t now_ms, std::string& out) const;
 
 private:
+    const std::int64_t visible_after_ms_;
     mutable std::mutex mu_;
     std::vector<generation_record> ring_;
     std::size_t next_ = 0;
     string_map<std::size_t> index_;
+};
+
+// ---------------------------------------------------------------- management-route faults
+
+// What POST /mock/management-faults arms for the next requests to the
+// OpenRouter management routes (/keys, /keys/{hash}, /credits, /generation).
+enum class management_fault : std::uint8_t {
+    none,
+    status_500,
+    status_502,
+    status_503,
+    status_429,
+    status_401,
+    status_402,
+    stall,  // read the request, never answer
+    slow,   // answer normally after delay_ms
+    reset,  // close without answering
+};
+// "500", "502", "503", "429", "401", "402", "stall", "slow", "reset", "none".
+std::optional<management_fault> parse_management_fault(std::string_view name);
+std::string_view management_fault_name(management_fault fault);
+
+struct armed_fault {
+    management_fault kind = management_fault::none;
+    std::int64_t count = 0;     // requests still to get `kind`
+    std::int64_t delay_ms = 0;  // slow only
+};
+
+// The one pending management fault, shared by every connection thread.
+// arm() replaces whatever was pending; take() hands one request its fault.
+class management_faults {
+public:
+    static constexpr std::int64_t max_count = 1000;
+    static constexpr std::int64_t default_slow_ms = 2000;
+
+    // Kind none or count <= 0 clears. Counts above max_count are clamped.
+    void arm(armed_fault fault);
+    // The fault for one request (count 1), counting the pending one down;
+    // kind none (count 0) when nothing is pending.
+    armed_fault take();
+    armed_fault pending() const;
+
+private:
+    mutable std::mutex mu_;
+    armed_fault armed_;
 };
 
 }  // namespace mock

@@ -1283,11 +1283,12 @@ void generation_store::add(generation_record record) {
     index_.insert_or_assign(ring_[slot].id, slot);
 }
 
-bool generation_store::render(std::string_view id, std::string& out) const {
+bool generation_store::render(std::string_view id, std::int64_t now_ms, std::string& out) const {
     const std::lock_guard lock(mu_);
     const auto it = index_.find(id);
     if (it == index_.end()) return false;
     const generation_record& g = ring_[it->second];
+    if (now_ms - g.recorded_ms < visible_after_ms_) return false;  // not yet visible: 404 like an unknown id
     out += "{\"data\":{\"id\":";
     append_json_string(out, g.id);
     out += ",\"upstream_id\":";
@@ -1320,6 +1321,59 @@ bool generation_store::render(std::string_view id, std::string& out) const {
         append_json_string(out, g.finish_reason);
     out += "}}";
     return true;
+}
+
+// ---------------------------------------------------------------- management_faults
+
+namespace {
+
+constexpr std::array<std::pair<std::string_view, management_fault>, 10> management_fault_names = {{
+    {"none", management_fault::none},
+    {"500", management_fault::status_500},
+    {"502", management_fault::status_502},
+    {"503", management_fault::status_503},
+    {"429", management_fault::status_429},
+    {"401", management_fault::status_401},
+    {"402", management_fault::status_402},
+    {"stall", management_fault::stall},
+    {"slow", management_fault::slow},
+    {"reset", management_fault::reset},
+}};
+
+}  // namespace
+
+std::optional<management_fault> parse_management_fault(std::string_view name) {
+    for (const auto& [text, fault] : management_fault_names)
+        if (text == name) return fault;
+    return std::nullopt;
+}
+
+std::string_view management_fault_name(management_fault fault) {
+    for (const auto& [text, f] : management_fault_names)
+        if (f == fault) return text;
+    return "none";
+}
+
+void management_faults::arm(armed_fault fault) {
+    if (fault.kind == management_fault::none || fault.count <= 0) fault = {};
+    fault.count = std::min(fault.count, max_count);
+    if (fault.kind != management_fault::slow) fault.delay_ms = 0;
+    const std::lock_guard lock(mu_);
+    armed_ = fault;
+}
+
+armed_fault management_faults::take() {
+    const std::lock_guard lock(mu_);
+    if (armed_.count <= 0) return {};
+    armed_fault one = armed_;
+    one.count = 1;
+    if (--armed_.count == 0) armed_ = {};
+    return one;
+}
+
+armed_fault management_faults::pending() const {
+    const std::lock_guard lock(mu_);
+    return armed_;
 }
 
 }  // namespace mock

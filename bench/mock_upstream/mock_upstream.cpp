@@ -30,6 +30,7 @@
 #include <array>
 #include <atomic>
 #include <bit>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <csignal>
@@ -38,6 +39,8 @@
 #include <ctime>
 #include <random>
 #include <thread>
+
+#include <sys/socket.h>  // recv(MSG_PEEK): has the peer closed?
 
 namespace {
 
@@ -58,6 +61,7 @@ constexpr std::size_t max_drain_bytes = 1024 * 1024;
 constexpr std::int64_t max_connections = 10'000;
 constexpr std::size_t stream_flush_bytes = 16 * 1024;  // coalesced SSE bytes per write when there is no delay
 constexpr std::int64_t max_delay_ms = 60'000;
+constexpr std::int64_t max_generation_visible_after_ms = 600'000;
 constexpr std::int64_t max_mock_tokens = 100'000;
 constexpr std::int64_t max_mock_count = 1'000'000'000;
 constexpr std::int64_t default_fault_after_chunks = 2;
@@ -76,7 +80,8 @@ struct settings {
     std::string litellm_prices = MOCK_FIXTURES_DIR "/litellm-model-prices.json";
     std::vector<std::string> litellm_models = {"gpt-4o-mini", "text-embedding-3-small", "tts-1"};
     std::string management_key = "mock-management-key";
-    std::optional<std::string> litellm_key;  // unset: any non-empty key
+    std::optional<std::string> litellm_key;        // unset: any non-empty key
+    std::int64_t generation_visible_after_ms = 0;  // /generation is 404 this long after a call is recorded
 };
 
 struct server_stats {
@@ -121,6 +126,7 @@ struct server_state {
     mock::generation_store generations;
     last_request_store last_request;
     server_stats stats;
+    mock::management_faults management_faults;  // armed by POST /mock/management-faults
 };
 
 // ---------------------------------------------------------------- wire vocabulary
@@ -313,6 +319,63 @@ std::string_view query_param(std::string_view query, std::string_view name) {
         query.remove_prefix(amp + 1);
     }
     return {};
+}
+
+// A steady clock in ms (generation visibility).
+std::int64_t steady_now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(steady_clock::now().time_since_epoch()).count();
+}
+
+// POST /mock/management-faults?fault=F&count=N&delay_ms=M into `out`; the
+// 400 message when a parameter is missing, unknown or out of range.
+std::optional<std::string> read_management_fault_query(std::string_view query, mock::armed_fault& out) {
+    std::optional<std::string_view> name, count_text, delay_text;
+    while (!query.empty()) {
+        const auto amp = query.find('&');
+        const std::string_view pair = query.substr(0, amp);
+        query.remove_prefix(amp == std::string_view::npos ? query.size() : amp + 1);
+        if (pair.empty()) continue;
+        const auto eq = pair.find('=');
+        const std::string_view key = pair.substr(0, eq);
+        const std::string_view value = eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1);
+        if (key == "fault")
+            name = value;
+        else if (key == "count")
+            count_text = value;
+        else if (key == "delay_ms")
+            delay_text = value;
+        else
+            return fmt::format("unknown parameter '{}' (fault, count, delay_ms)", key);
+    }
+    if (!name) return std::string("fault is required: 500, 502, 503, 429, 401, 402, stall, slow, reset or none");
+    const auto kind = mock::parse_management_fault(*name);
+    if (!kind)
+        return fmt::format("unknown fault '{}': 500, 502, 503, 429, 401, 402, stall, slow, reset or none", *name);
+    out = {*kind, 1, 0};
+    if (count_text) {
+        const auto n = parse_int(*count_text);
+        if (!n || *n < 0 || *n > mock::management_faults::max_count)
+            return fmt::format("count must be an integer in 0..{}", mock::management_faults::max_count);
+        out.count = *n;
+    }
+    if (delay_text) {
+        if (*kind != mock::management_fault::slow) return std::string("delay_ms applies only to fault=slow");
+        const auto ms = parse_int(*delay_text);
+        if (!ms || *ms < 0 || *ms > max_delay_ms)
+            return fmt::format("delay_ms must be an integer in 0..{}", max_delay_ms);
+        out.delay_ms = *ms;
+    } else if (*kind == mock::management_fault::slow) {
+        out.delay_ms = mock::management_faults::default_slow_ms;
+    }
+    return std::nullopt;
+}
+
+// {"fault":"F","count":N} (plus "delay_ms" for slow): what is pending.
+void append_armed_fault(std::string& out, const mock::armed_fault& f) {
+    fmt::format_to(std::back_inserter(out), "{{\"fault\":\"{}\",\"count\":{}", mock::management_fault_name(f.kind),
+                   f.count);
+    if (f.kind == mock::management_fault::slow) fmt::format_to(std::back_inserter(out), ",\"delay_ms\":{}", f.delay_ms);
+    out += '}';
 }
 
 int utc_hhmm_now() {
@@ -514,9 +577,10 @@ private:
     template <class Buffers>
     awaitable<bool> write(const Buffers& buffers);
     awaitable<void> sleep_ms(std::int64_t ms);
-    awaitable<bool> wait_for_peer_close();
+    awaitable<bool> wait_for_peer_close(bool with_deadline = true);
     awaitable<void> close_gracefully();
     void reset_connection();
+    bool peer_has_closed();
 
     // response head and plain answers
     void begin_head(unsigned status);
@@ -531,7 +595,8 @@ private:
     awaitable<next_step> dispatch(request& req);
     awaitable<next_step> openrouter_route(std::string_view path, std::string_view query, request& req);
     awaitable<next_step> litellm_route(std::string_view path, request& req);
-    awaitable<next_step> hooks_route(std::string_view path, request& req);
+    awaitable<next_step> hooks_route(std::string_view path, std::string_view query, request& req);
+    awaitable<std::optional<next_step>> armed_management_fault(bool keep_alive);
     awaitable<next_step> management_route(std::string_view path, std::string_view query, request& req);
 
     // inference
@@ -638,12 +703,17 @@ awaitable<void> connection::sleep_ms(std::int64_t ms) {
     co_await timer_.async_wait(asio::redirect_error(use_awaitable, ec));
 }
 
-// Reads and discards until the peer closes (true) or stall_timeout passes.
-awaitable<bool> connection::wait_for_peer_close() {
+// Reads and discards until the peer closes (true) or stall_timeout passes
+// (false). Without the deadline it waits for the peer alone; a server stop
+// destroys the wait with the io_context.
+awaitable<bool> connection::wait_for_peer_close(bool with_deadline) {
     std::array<char, 512> sink;
     const auto deadline = steady_clock::now() + stall_timeout;
     for (;;) {
-        stream_.expires_at(deadline);
+        if (with_deadline)
+            stream_.expires_at(deadline);
+        else
+            stream_.expires_never();
         error_code ec;
         co_await stream_.async_read_some(asio::buffer(sink), asio::redirect_error(use_awaitable, ec));
         if (ec == beast::error::timeout) co_return false;
@@ -675,6 +745,19 @@ void connection::reset_connection() {
     error_code ec;
     stream_.socket().set_option(asio::socket_base::linger(true, 0), ec);
     stream_.socket().close(ec);
+}
+
+// Whether the peer's FIN (or a reset) has already arrived, by a peek that
+// never blocks. A stream checks before each write, so it stops at the first
+// event its client can no longer read instead of writing into the closed
+// socket (which succeeds once, until the peer's RST comes back). Data from
+// the peer (a pipelined request) is not a close. A client that half-closes
+// its sending side while still reading is taken as gone.
+bool connection::peer_has_closed() {
+    char byte = 0;
+    const auto n = ::recv(stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n >= 0) return n == 0;
+    return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
 }
 
 // ---- response head
@@ -742,7 +825,7 @@ awaitable<next_step> connection::dispatch(request& req) {
     const std::string_view path = target.substr(0, q);
     const std::string_view query = q == std::string_view::npos ? std::string_view{} : target.substr(q + 1);
     if (path.starts_with("/api/v1/")) co_return co_await openrouter_route(path.substr(7), query, req);
-    if (path.starts_with("/mock/")) co_return co_await hooks_route(path, req);
+    if (path.starts_with("/mock/")) co_return co_await hooks_route(path, query, req);
     std::string_view rest = path;
     if (rest.starts_with("/v1/")) rest.remove_prefix(3);
     co_return co_await litellm_route(rest, req);
@@ -767,13 +850,47 @@ awaitable<next_step> connection::openrouter_route(std::string_view path, std::st
         if (path == "/embeddings") co_return co_await embeddings(upstream::openrouter, req);
         co_return co_await speech(upstream::openrouter, req);
     }
-    if (path == "/keys" || path.starts_with("/keys/") || path == "/key" || path == "/auth/key" || path == "/credits" ||
-        path == "/generation")
+    if (path == "/keys" || path.starts_with("/keys/") || path == "/credits" || path == "/generation") {
+        // A fault armed by POST /mock/management-faults takes the place of the answer.
+        if (auto step = co_await armed_management_fault(keep)) co_return *step;
         co_return co_await management_route(path, query, req);
+    }
+    if (path == "/key" || path == "/auth/key") co_return co_await management_route(path, query, req);
     {
         const rejection rejected{404, "Not Found", "not_found"};
         co_return co_await send_error(upstream::openrouter, rejected, keep);
     }
+}
+
+// The next armed management fault, if any, for this request: an error
+// answer, a stall, a reset, or (slow) a wait. nullopt: answer normally.
+awaitable<std::optional<next_step>> connection::armed_management_fault(bool keep_alive) {
+    const upstream up = upstream::openrouter;
+    const mock::armed_fault armed = state_.management_faults.take();
+    std::optional<rejection> status_fault;
+    switch (armed.kind) {
+        case mock::management_fault::none: co_return std::nullopt;
+        case mock::management_fault::status_500: status_fault = rejection{500, "Internal Server Error"}; break;
+        case mock::management_fault::status_502: status_fault = rejection{502, "Bad Gateway"}; break;
+        case mock::management_fault::status_503: status_fault = rejection{503, "Service Unavailable"}; break;
+        case mock::management_fault::status_429:
+            status_fault = rejection{429, "Rate limit exceeded", "rate_limit_exceeded", true};
+            break;
+        case mock::management_fault::status_401:
+            status_fault = rejection{401, "Invalid management key", "authentication"};
+            break;
+        case mock::management_fault::status_402:
+            status_fault = rejection{402, "Insufficient credits. Add more using https://openrouter.ai/credits",
+                                     "payment_required"};
+            break;
+        case mock::management_fault::stall:
+            co_await wait_for_peer_close(false);  // the request was read; no answer, ever
+            co_return next_step::close;
+        case mock::management_fault::slow: co_await sleep_ms(armed.delay_ms); co_return std::nullopt;
+        case mock::management_fault::reset: reset_connection(); co_return next_step::close;
+    }
+    if (!status_fault) co_return std::nullopt;
+    co_return co_await send_error(up, *status_fault, keep_alive);
 }
 
 // /keys…, /key, /credits and /generation (upstream-apis.md §1c).
@@ -805,7 +922,7 @@ awaitable<next_step> connection::management_route(std::string_view path, std::st
             const rejection rejected{400, "Query parameter id is required", "invalid_request"};
             co_return co_await send_error(up, rejected, keep);
         }
-        if (!state_.generations.render(id, body_)) {
+        if (!state_.generations.render(id, steady_now_ms(), body_)) {  // unknown, or not yet visible
             const rejection rejected{404, fmt::format("Generation {} not found", id), "not_found"};
             co_return co_await send_error(up, rejected, keep);
         }
@@ -909,10 +1026,26 @@ awaitable<next_step> connection::litellm_route(std::string_view path, request& r
     }
 }
 
-awaitable<next_step> connection::hooks_route(std::string_view path, request& req) {
+awaitable<next_step> connection::hooks_route(std::string_view path, std::string_view query, request& req) {
     const bool keep = req.keep_alive();
-    if (req.method() != http::verb::get) co_return co_await send_json(405, "{\"error\":\"method not allowed\"}", keep);
     body_.clear();
+    if (path == "/mock/management-faults") {
+        if (req.method() == http::verb::post) {
+            mock::armed_fault armed;
+            if (const auto error = read_management_fault_query(query, armed)) {
+                body_ += "{\"error\":";
+                mock::append_json_string(body_, *error);
+                body_ += '}';
+                co_return co_await send_json(400, body_, keep);
+            }
+            state_.management_faults.arm(armed);
+        } else if (req.method() != http::verb::get) {
+            co_return co_await send_json(405, "{\"error\":\"method not allowed\"}", keep);
+        }
+        append_armed_fault(body_, state_.management_faults.pending());
+        co_return co_await send_json(200, body_, keep);
+    }
+    if (req.method() != http::verb::get) co_return co_await send_json(405, "{\"error\":\"method not allowed\"}", keep);
     if (path == "/mock/stats") {
         const server_stats& s = state_.stats;
         fmt::format_to(std::back_inserter(body_),
@@ -1115,6 +1248,7 @@ void connection::settle(const call_plan& p, std::string_view api_type, const moc
     g.tokens = counts;
     g.created_unix = p.created;
     g.latency_ms = std::chrono::duration_cast<std::chrono::milliseconds>(steady_clock::now() - p.started).count();
+    g.recorded_ms = steady_now_ms();
     g.streamed = p.stream;
     g.cancelled = cancelled;
     state_.generations.add(std::move(g));
@@ -1187,9 +1321,15 @@ awaitable<next_step> connection::complete_answer(call_plan& p) {
 }
 
 // Writes head_ (if not yet sent) and the pending SSE bytes as one HTTP chunk;
-// `last` adds the terminating zero chunk.
+// `last` adds the terminating zero chunk. False (nothing written, the bytes
+// dropped) when the write fails or the peer has already closed.
 awaitable<bool> connection::flush_chunk(bool last) {
     if (body_.empty() && head_.empty() && !last) co_return true;
+    if (peer_has_closed()) {
+        head_.clear();
+        body_.clear();
+        co_return false;
+    }
     std::array<char, 24> size_line{};
     std::size_t size_len = 0;
     if (!body_.empty()) size_len = fmt::format_to_n(size_line.data(), size_line.size(), "{:x}\r\n", body_.size()).size;
@@ -1237,7 +1377,9 @@ awaitable<next_step> connection::stream_answer(call_plan& p) {
     // LiteLLM puts "usage":null on every chunk when usage was asked for.
     const std::string_view chunk_tail = (!openrouter && p.include_usage) ? "],\"usage\":null}" : "]}";
     const std::string chunk_head = chunk_head_of(p);
-    std::int64_t events = 0, words_sent = 0;
+    // words_sent: content chunks rendered; words_written: those of them whose
+    // bytes have been written (a failed or skipped write loses the rest).
+    std::int64_t events = 0, words_sent = 0, words_written = 0;
     bool settled = false;  // a stream is billed exactly once, however it ends
     const auto settle_once = [&](std::int64_t words, std::string_view finish_reason, bool cancelled) {
         if (settled) return;
@@ -1247,9 +1389,9 @@ awaitable<next_step> connection::stream_answer(call_plan& p) {
         c.reasoning = std::min(c.reasoning, words);
         settle(p, "completions", c, mock::token_cost_pico(p.prices, c), finish_reason, cancelled);
     };
-    const auto peer_gone = [&] {
+    const auto peer_gone = [&] {  // the client closed the stream: billed for what was written, cancelled
         ++state_.stats.streams_aborted_by_peer;
-        settle_once(words_sent, "", true);
+        settle_once(words_written, "", true);
         return next_step::close;
     };
 
@@ -1288,6 +1430,7 @@ awaitable<next_step> connection::stream_answer(call_plan& p) {
         body_ += chunk_tail;
         ++words_sent;
         if (!co_await end_event(p, events)) co_return peer_gone();
+        if (body_.empty()) words_written = words_sent;  // end_event flushed
     }
 
     if (fault_at >= 0) {
@@ -1321,12 +1464,15 @@ awaitable<next_step> connection::stream_answer(call_plan& p) {
             co_return p.keep_alive ? next_step::keep_alive : next_step::close;
         }
         if (!co_await flush_chunk(false)) co_return peer_gone();
-        settle_once(words_sent, "", true);
+        words_written = words_sent;
         if (o.injected == fault::reset) {
+            settle_once(words_written, "", false);  // cut by the mock, not by the client
             reset_connection();
             co_return next_step::close;
         }
-        // stall: nothing more, until the peer gives up or stall_timeout passes
+        // stall: nothing more, until the peer gives up or stall_timeout passes.
+        // Recorded now, as the client's cancel that normally ends it.
+        settle_once(words_written, "", true);
         if (co_await wait_for_peer_close()) ++state_.stats.streams_aborted_by_peer;
         co_return next_step::close;
     }
@@ -1522,7 +1668,7 @@ awaitable<void> stop_on_signal(asio::io_context& ioc) {
 constexpr std::string_view usage_text =
     "usage: mock_upstream [--listen 127.0.0.1:0] [--threads N] [--openrouter-models FILE]\n"
     "                     [--litellm-prices FILE] [--litellm-models a,b,c] [--management-key K]\n"
-    "                     [--litellm-key K]\n";
+    "                     [--litellm-key K] [--generation-visible-after-ms N]\n";
 
 // Command line to settings; nullopt (after a message) when it is wrong.
 std::optional<settings> parse_command_line(int argc, char** argv) {
@@ -1533,9 +1679,9 @@ std::optional<settings> parse_command_line(int argc, char** argv) {
             fmt::print("{}", usage_text);
             std::exit(0);
         }
-        constexpr std::array<std::string_view, 7> options = {
+        constexpr std::array<std::string_view, 8> options = {
             "--listen",         "--threads",        "--openrouter-models", "--litellm-prices",
-            "--litellm-models", "--management-key", "--litellm-key"};
+            "--litellm-models", "--management-key", "--litellm-key",       "--generation-visible-after-ms"};
         if (std::find(options.begin(), options.end(), arg) == options.end()) {
             fmt::print(stderr, "mock_upstream: unknown option {}\n{}", arg, usage_text);
             return std::nullopt;
@@ -1578,6 +1724,14 @@ std::optional<settings> parse_command_line(int argc, char** argv) {
                 return std::nullopt;
             }
             s.management_key = value;
+        } else if (arg == "--generation-visible-after-ms") {
+            const auto ms = parse_int(value);
+            if (!ms || *ms < 0 || *ms > max_generation_visible_after_ms) {
+                fmt::print(stderr, "mock_upstream: --generation-visible-after-ms must be 0..{}\n",
+                           max_generation_visible_after_ms);
+                return std::nullopt;
+            }
+            s.generation_visible_after_ms = *ms;
         } else {  // --litellm-key
             s.litellm_key = std::string(value);
         }
@@ -1624,7 +1778,8 @@ int main(int argc, char** argv) {
 
     // Declared before the io_context: coroutine frames destroyed with it
     // still reference the state.
-    server_state state{*config, *openrouter, *litellm, {}, {}, {}, {}};
+    server_state state{*config, *openrouter, *litellm, {}, mock::generation_store(config->generation_visible_after_ms),
+                       {},      {},          {}};
     asio::io_context ioc(config->threads);
     tcp::acceptor acceptor(ioc);
     error_code ec;

@@ -118,7 +118,10 @@ std::int64_t ledger::impl::draw(user_book& u, std::int64_t amount_micros, const 
     if (left > 0) {
         u.debt_micros += left;
         u.balance_micros -= left;
-        const std::int64_t id = stage_txn(u, "debt", -left, left, std::nullopt, actor, reason, usage_event_id, at);
+        // A correction's shortfall stays a correction: the check sums an
+        // event's charge rows and its reconcile rows apart.
+        const char* debt_type = std::string_view(type) == "reconcile" ? "reconcile" : "debt";
+        const std::int64_t id = stage_txn(u, debt_type, -left, left, std::nullopt, actor, reason, usage_event_id, at);
         if (first_txn == 0) first_txn = id;
     }
     stage_credits(u);

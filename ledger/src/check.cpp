@@ -88,7 +88,7 @@ check_report run_check(sql::database& db) {
     }
     if (const auto orphan = db.scalar(
             "SELECT COUNT(*) FROM credit_transactions t WHERE t.grant_id IS NULL "
-            "AND NOT (t.type = 'debt' AND t.amount_micros = -t.debt_delta_micros)"))
+            "AND NOT ((t.type = 'debt' OR t.type = 'reconcile') AND t.amount_micros = -t.debt_delta_micros)"))
         problem(r, fmt::format("{} transactions without a grant are not debt charges", orphan));
     if (const auto foreign = db.scalar(
             "SELECT COUNT(*) FROM credit_transactions t JOIN credit_grants g ON g.id = t.grant_id "
@@ -117,10 +117,13 @@ check_report run_check(sql::database& db) {
                                    s->int64(1)));
     }
 
-    // 5. The daily rollups agree with the events they summarise.
+    // 5. The daily rollups agree with the events they summarise, and with
+    //    the corrections posted to them.
     {
         auto s = db.prepare(
-            "WITH e AS (SELECT user_id, COUNT(*) n, SUM(charged_micros) c FROM usage_events GROUP BY user_id), "
+            "WITH e AS (SELECT user_id, COUNT(*) n, SUM(charged_micros) + IFNULL((SELECT SUM(r.delta_micros) "
+            "           FROM reconciliations r WHERE r.user_id = usage_events.user_id), 0) c "
+            "           FROM usage_events GROUP BY user_id), "
             "d AS (SELECT user_id, SUM(requests) n, SUM(charged_micros) c FROM usage_daily GROUP BY user_id) "
             "SELECT IFNULL(e.user_id, d.user_id), IFNULL(e.n, 0), IFNULL(e.c, 0), IFNULL(d.n, 0), IFNULL(d.c, 0) "
             "FROM e FULL OUTER JOIN d ON d.user_id = e.user_id "
@@ -129,6 +132,24 @@ check_report run_check(sql::database& db) {
             problem(r, fmt::format("user {}: usage events {} / {} micros but rollups {} / {} micros", s->int64(0),
                                    s->int64(1), s->int64(2), s->int64(3), s->int64(4)));
     }
+
+    // 6. Every correction is posted exactly: its reconcile rows sum to
+    //    minus its delta, and it names an estimated call.
+    {
+        auto s = db.prepare(
+            "SELECT r.usage_event_id, r.delta_micros, IFNULL(SUM(t.amount_micros), 0), e.price_source "
+            "FROM reconciliations r JOIN usage_events e ON e.id = r.usage_event_id "
+            "LEFT JOIN credit_transactions t ON t.usage_event_id = r.usage_event_id AND t.type = 'reconcile' "
+            "GROUP BY r.id HAVING IFNULL(SUM(t.amount_micros), 0) <> -r.delta_micros "
+            "OR e.price_source <> 'estimated' LIMIT 100");
+        while (s->step())
+            problem(r, fmt::format("usage event {}: reconciled by {} but its reconcile rows sum to {} ({})",
+                                   s->int64(0), s->int64(1), s->int64(2), s->text(3)));
+    }
+    if (const auto stray = db.scalar(
+            "SELECT COUNT(*) FROM credit_transactions t WHERE t.type = 'reconcile' AND t.usage_event_id IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM reconciliations r WHERE r.usage_event_id = t.usage_event_id)"))
+        problem(r, fmt::format("{} reconcile transactions name no reconciliation", stray));
     return r;
 }
 

@@ -40,7 +40,8 @@ bool valid_usage(const usage_event& u) {
            valid_count(u.prompt_tokens) && valid_count(u.completion_tokens) && valid_count(u.cached_tokens) &&
            valid_count(u.reasoning_tokens) && valid_count(u.units) && u.provider_cost_micros >= 0 &&
            u.provider_cost_micros <= max_amount_micros && u.markup_micros >= 0 &&
-           u.markup_micros <= max_amount_micros && valid_count(u.latency_ms);
+           u.markup_micros <= max_amount_micros && valid_count(u.latency_ms) &&
+           (!u.generation_id || valid_text(*u.generation_id));
 }
 
 constexpr std::size_t max_pending_operations = 1 << 18;

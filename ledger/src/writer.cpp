@@ -134,8 +134,8 @@ void ledger::impl::write(write_batch& b) {
                     "INSERT INTO usage_events (id, hold_id, event_id, request_id, user_id, key_id, service, upstream, "
                     "model, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, units, "
                     "provider_cost_micros, markup_micros, charged_micros, price_source, catalog_hash, status, "
-                    "latency_ms, fingerprint, created_at_ms) VALUES ",
-                    "", 23, b.usage, [](sql::statement& s, int i, const usage_row& e) {
+                    "latency_ms, fingerprint, created_at_ms, generation_id) VALUES ",
+                    "", 24, b.usage, [](sql::statement& s, int i, const usage_row& e) {
                         const auto& u = e.usage;
                         s.bind(i, e.id).bind(i + 1, e.hold_id).bind(i + 2, e.event_id).bind(i + 3, u.request_id);
                         s.bind(i + 4, e.user_id).bind(i + 5, u.key_id).bind(i + 6, u.service);
@@ -144,7 +144,7 @@ void ledger::impl::write(write_batch& b) {
                         s.bind(i + 12, u.reasoning_tokens).bind(i + 13, u.units).bind(i + 14, u.provider_cost_micros);
                         s.bind(i + 15, u.markup_micros).bind(i + 16, e.charged_micros).bind(i + 17, u.price_source);
                         s.bind(i + 18, u.catalog_hash).bind(i + 19, u.status).bind(i + 20, u.latency_ms);
-                        s.bind(i + 21, e.fingerprint).bind(i + 22, e.created_at_ms);
+                        s.bind(i + 21, e.fingerprint).bind(i + 22, e.created_at_ms).bind(i + 23, u.generation_id);
                     });
 
     sql::write_rows(db,

@@ -233,6 +233,15 @@ const std::array routes{
           switch_tier},
     route{http::verb::post, "/api/v1/periods/roll", by_admin, idempotency::ignored, roll_periods},
     route{http::verb::get, "/api/v1/audit", by_admin, idempotency::ignored, audit_log},
+    route{http::verb::post, "/api/v1/openrouter/create-account", by_admin, idempotency::ignored,
+          create_openrouter_account},
+    route{http::verb::get, "/api/v1/openrouter/account", by_admin | by_user, idempotency::ignored,
+          get_openrouter_account},
+    route{http::verb::post, "/api/v1/openrouter/sync-balance", by_admin | by_user, idempotency::ignored,
+          sync_openrouter_balance},
+    route{http::verb::delete_, "/api/v1/openrouter/account", by_admin, idempotency::ignored,
+          delete_openrouter_account},
+    route{http::verb::post, "/api/v1/master-key/rotate", by_admin, idempotency::ignored, rotate_master_key},
     route{http::verb::get, "/api/v1/openapi.json", by_anyone, idempotency::ignored, openapi_document},
 };
 

@@ -92,7 +92,8 @@ std::vector<operation> operations();
 std::string_view openapi_json();
 
 // --- handlers, one per endpoint (admin_accounts.cpp, admin_credits.cpp,
-// admin_metering.cpp, admin_coupons.cpp, admin_subscriptions.cpp) ---------------------------------------------------------
+// admin_metering.cpp, admin_coupons.cpp, admin_subscriptions.cpp,
+// admin_openrouter.cpp) ---------------------------------------------------------
 net::awaitable<void> create_user(call& c);
 net::awaitable<void> list_users(call& c);
 net::awaitable<void> get_user(call& c);
@@ -123,5 +124,11 @@ net::awaitable<void> validate_coupon(call& c);
 net::awaitable<void> list_coupons(call& c);
 net::awaitable<void> deactivate_coupon(call& c);
 net::awaitable<void> audit_log(call& c);
+// admin_openrouter.cpp
+net::awaitable<void> create_openrouter_account(call& c);
+net::awaitable<void> get_openrouter_account(call& c);
+net::awaitable<void> sync_openrouter_balance(call& c);
+net::awaitable<void> delete_openrouter_account(call& c);
+net::awaitable<void> rotate_master_key(call& c);
 
 }  // namespace tollgate::proxy::admin

@@ -1,6 +1,7 @@
 // Users, their tollgate keys and service tokens (SPEC 6). A secret is
 // generated here, shown once in the answer and stored only as a keyed hash.
 #include "admin.hpp"
+#include "provisioning.hpp"
 
 #include <fmt/format.h>
 
@@ -96,12 +97,21 @@ awaitable<void> create_user(call& c) {
         co_return;
     }
     const auto user = c.x.a.ledger.find_user(created.user_id);
+    // With provisioning on, the user's OpenRouter key is made now; when
+    // OpenRouter fails, the user exists all the same and the key stays
+    // pending, retried by the maintenance job.
+    std::string openrouter = "null";
+    if (openrouter::provisioning_enabled(c.x.a)) {
+        const auto provisioned = co_await openrouter::provision(c.x.a, c.x.w, created.user_id);
+        if (provisioned.account) openrouter = openrouter::account_json(*provisioned.account);
+    }
     co_await answer_json(
         c, 201,
-        fmt::format(R"({{"user":{{"id":{},"email":"{}","name":"{}","tier":"{}","created_at":"{}"}},"api_key":"{}"}})",
-                    created.user_id, json_escape(nu.email), json_escape(nu.name),
-                    json_escape(tier_of(c.x.a.ledger, created.user_id)), rfc3339(user ? user->created_at_ms : 0),
-                    secret));
+        fmt::format(
+            R"({{"user":{{"id":{},"email":"{}","name":"{}","tier":"{}","created_at":"{}"}},"api_key":"{}","openrouter":{}}})",
+            created.user_id, json_escape(nu.email), json_escape(nu.name),
+            json_escape(tier_of(c.x.a.ledger, created.user_id)), rfc3339(user ? user->created_at_ms : 0), secret,
+            openrouter));
 }
 
 awaitable<void> list_users(call& c) {
@@ -160,6 +170,7 @@ awaitable<void> patch_user(call& c) {
     }
     // A suspended user's keys and a new tier take effect at once.
     c.x.a.keys.invalidate_all();
+    if (tier) openrouter::follow_tier(c.x.a, c.x.w, user->id);
     const auto now = l.find_user(user->id);
     co_await answer_json(c, 200, user_json(l, now.value_or(*user), tier_of(l, user->id)));
 }

@@ -1,6 +1,7 @@
 // Usage from outside the proxy (metering/track), the usage reports (all
 // from the daily rollups, never the raw events) and the audit log (SPEC 6).
 #include "admin.hpp"
+#include "provisioning.hpp"
 
 #include "tollgate/pricing/cost.hpp"
 
@@ -81,15 +82,6 @@ awaitable<std::optional<report_window>> read_window(call& c) {
 
 std::string window_fields(const report_window& w) {
     return fmt::format(R"("user_id":{},"from":"{}","to":"{}")", w.user_id, w.from_day, w.to_day);
-}
-
-bool model_is_free(const catalogs& live, const std::string& model) {
-    if (model.ends_with(":free")) return true;
-    for (const auto* cat : {live.openrouter.get(), live.litellm.get()}) {
-        if (!cat) continue;
-        if (const auto* m = cat->find(model)) return m->free;
-    }
-    return false;
 }
 
 }  // namespace
@@ -235,8 +227,8 @@ awaitable<void> usage_by_date(call& c) {
     co_await breakdown(c, ledger::usage_grouping::day);
 }
 
-// Free-model usage and the flat micro-markup paid on it. The OpenRouter key
-// figures (`openrouter`) arrive with per-user provisioning; null until then.
+// Free-model usage and the flat micro-markup paid on it, beside the user's
+// provisioned OpenRouter key as last synced (`openrouter`; null without one).
 awaitable<void> free_tier(call& c) {
     const auto w = co_await read_window(c);
     if (!w) co_return;
@@ -245,6 +237,9 @@ awaitable<void> free_tier(call& c) {
     const auto live = c.x.a.catalog.get();
     ledger::usage_totals total;
     std::string data;
+    // OpenRouter's own figures for the user's key, as last synced.
+    const auto account = c.x.a.ledger.find_openrouter_account(w->user_id);
+    const std::string key_figures = account ? openrouter::account_json(*account) : "null";
     for (const auto& [model, totals] : rows.rows) {
         if (!model_is_free(*live, model)) continue;
         add(total, totals);
@@ -254,9 +249,9 @@ awaitable<void> free_tier(call& c) {
     co_await answer_json(
         c, 200,
         fmt::format(
-            R"({{{},"requests":{},"prompt_tokens":{},"completion_tokens":{},"markup_micros":{},"charged_micros":{},"data":[{}],"openrouter":null}})",
+            R"({{{},"requests":{},"prompt_tokens":{},"completion_tokens":{},"markup_micros":{},"charged_micros":{},"data":[{}],"openrouter":{}}})",
             window_fields(*w), total.requests, total.prompt_tokens, total.completion_tokens, total.markup_micros,
-            total.charged_micros, data));
+            total.charged_micros, data, key_figures));
 }
 
 awaitable<void> audit_log(call& c) {

@@ -33,6 +33,16 @@ struct catalogs {
     std::string litellm_source = "bundled";
 };
 
+// A model free of charge upstream, by the catalog that lists it (SPEC 3).
+inline bool model_is_free(const catalogs& live, const std::string& model) {
+    if (model.ends_with(":free")) return true;
+    for (const auto* cat : {live.openrouter.get(), live.litellm.get()}) {
+        if (!cat) continue;
+        if (const auto* m = cat->find(model)) return m->free;
+    }
+    return false;
+}
+
 class catalog_holder {
 public:
     std::shared_ptr<const catalogs> get() const {
@@ -71,6 +81,9 @@ struct app {
     catalog_holder catalog;
     std::unique_ptr<net::asio::ssl::context> tls;
     std::string admin_token_hash;
+    // Users whose OpenRouter key is being provisioned or revoked now.
+    std::mutex provisioning_mu;
+    std::unordered_set<std::int64_t> provisioning_busy;
 
     std::atomic<bool> draining{false};  // shutting down: no new connections, no keep-alive
     std::atomic<bool> cut_off{false};   // the grace period is over: calls stop, no drains

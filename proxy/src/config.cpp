@@ -90,7 +90,11 @@ bool apply_file(const std::string& path, config& c, std::string& error) {
             !read_ms(*t, "keepalive_ms", c.keepalive_timeout, error) ||
             !read_ms(*t, "write_ms", c.write_timeout, error) ||
             !read_ms(*t, "shutdown_grace_ms", c.shutdown_grace, error) ||
-            !read_ms(*t, "catalog_refresh_ms", c.catalog_refresh, error)) {
+            !read_ms(*t, "catalog_refresh_ms", c.catalog_refresh, error) ||
+            !read_ms(*t, "openrouter_management_ms", c.openrouter_management_timeout, error) ||
+            !read_ms(*t, "maintenance_ms", c.maintenance_interval, error) ||
+            !read_ms(*t, "openrouter_sync_ms", c.openrouter_sync, error) ||
+            !read_ms(*t, "reconcile_after_ms", c.reconcile_after, error)) {
             return false;
         }
     }

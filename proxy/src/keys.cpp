@@ -68,11 +68,19 @@ std::optional<caller> key_cache::find(std::string_view secret) {
                .tier = sub->tier,
                .byok = sub->option == "byok",
                .byok_key = {},
+               .openrouter_key = {},
                .policy = std::move(*p)};
     if (who.byok) {
         // Opened here, kept only in memory (and only for the cache's TTL).
         const auto sealed = ledger_.byok_key(key->user_id);
         if (sealed) who.byok_key = secrets_.open_sealed(*sealed, owner_context(key->user_id)).value_or("");
+    }
+    // The key provisioned for this user (issue #7) carries their managed
+    // OpenRouter traffic; without one (not provisioned, pending, revoked)
+    // the platform key does.
+    if (const auto account = ledger_.find_openrouter_account(key->user_id);
+        account && account->status == "active" && account->sealed_key) {
+        who.openrouter_key = secrets_.open_sealed(*account->sealed_key, owner_context(key->user_id)).value_or("");
     }
     std::lock_guard lock(mu_);
     if (by_hash_.size() > 100'000) by_hash_.clear();  // bounded; refilled on demand

@@ -22,6 +22,7 @@ struct caller {
     std::string tier;
     bool byok = false;
     std::string byok_key;  // the user's own OpenRouter key, opened; "" when it cannot be
+    std::string openrouter_key;  // the key provisioned for the user, opened; "": the platform key
     pricing::tier_policy policy;
 };
 

@@ -1,6 +1,7 @@
 // The tollgate command: `serve`, the ledger's commands, the pricing tools
 // and a demo.
 #include "admin_input.hpp"
+#include "master_key.hpp"
 #include "secrets.hpp"
 #include "tollgate/ledger/ledger.hpp"
 #include "tollgate/pricing/catalog.hpp"
@@ -240,6 +241,10 @@ Commands:
   roll-periods [--now RFC3339-TIME]
                    roll every billing period whose boundary has passed (by --now), as the server's
                    scheduler does each minute (refused while a server holds the database)
+  rotate-master-key
+                   replace the master key file with a new random key and re-encrypt every stored
+                   upstream key under it (refused while a server holds the database; admins can do it
+                   on a running server with POST /api/v1/master-key/rotate)
   serve            run the proxy (configuration from TOLLGATE_* variables, see README)
   demo             create a demo database with a few users and the coupons WELCOME10, FREEMONTH and
                    EARLYBIRD, give each user a new key, print balances
@@ -317,6 +322,31 @@ int run_serve() {
         return 2;
     }
     return proxy::serve(*loaded.value);
+}
+
+// A new master key, every sealed blob re-encrypted under it (SPEC 7).
+int run_rotate_master_key(const std::string& path) {
+    auto opened = ledger::ledger::open({.path = path});
+    if (!opened.value) {
+        fmt::print(stderr, "tollgate rotate-master-key: {} ({})\n", opened.message, ledger::to_string(opened.error));
+        return 1;
+    }
+    auto& l = *opened.value;
+    const char* env_file = std::getenv("TOLLGATE_MASTER_KEY_FILE");
+    const std::string key_file = env_file && *env_file ? env_file : "./tollgate.key";
+    std::string error;
+    auto keys = proxy::open_secrets(key_file, l, error);
+    if (!keys) {
+        fmt::print(stderr, "tollgate rotate-master-key: {}\n", error);
+        return 1;
+    }
+    const auto done = proxy::rotate_master_key(key_file, l, *keys);
+    if (!done.ok) {
+        fmt::print(stderr, "tollgate rotate-master-key: {}\n", done.error);
+        return 1;
+    }
+    fmt::print("rotated the master key in {}: {} sealed keys re-encrypted\n", key_file, done.resealed);
+    return 0;
 }
 
 // Rolls every period whose boundary is at or before --now (default: now),
@@ -420,7 +450,7 @@ int run_demo(const std::string& path) {
     // A new key per demo user on every run: keys are shown only once.
     std::string error;
     const char* key_file = std::getenv("TOLLGATE_MASTER_KEY_FILE");
-    auto keys = proxy::secrets::open(key_file && *key_file ? key_file : "./tollgate.key", error);
+    auto keys = proxy::open_secrets(key_file && *key_file ? key_file : "./tollgate.key", l, error);
     if (!keys) {
         fmt::print(stderr, "tollgate demo: {}\n", error);
         return 1;
@@ -464,6 +494,7 @@ int main(int argc, char** argv) {
     if (command == "check-ledger") return run_check(path);
     if (command == "demo") return run_demo(path);
     if (command == "roll-periods") return run_roll_periods(args, path);
+    if (command == "rotate-master-key") return run_rotate_master_key(path);
     if (command == "serve") return run_serve();
     if (command == "catalog") return run_catalog_inspect(args);
     if (command == "quote") return run_quote(args);

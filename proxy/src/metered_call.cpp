@@ -149,6 +149,7 @@ struct call_state {
     std::optional<reported_usage> usage;
     std::optional<std::int64_t> header_cost_pico;  // LiteLLM's x-litellm-response-cost
     std::string answer_model;
+    std::string generation_id;  // OpenRouter's X-Generation-Id: reconciles a call billed on an estimate
     std::int64_t generated_tokens = 0;  // counted from relayed text (o200k)
 };
 
@@ -235,6 +236,7 @@ awaitable<std::optional<ledger::charge_outcome>> settle(call_state& s, const std
     ev.catalog_hash = m.catalog_hash;
     ev.status = status;
     ev.latency_ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - s.started).count();
+    if (!s.generation_id.empty()) ev.generation_id = s.generation_id;
     if (s.byok) {
         ev.markup_micros = 0;
         const auto out = a.ledger.record_usage(s.who.user_id, ev);
@@ -263,7 +265,8 @@ http::request<http::string_body> upstream_request(call_state& s, std::string bod
                                        11};
     copy_request_headers(s.x.req.base(), r.base());
     r.set(http::field::host, s.tgt.pool->host_header());
-    const auto& key = s.byok ? s.who.byok_key : s.tgt.litellm ? a.settings.litellm_key : a.settings.openrouter_key;
+    const std::string& managed = s.who.openrouter_key.empty() ? a.settings.openrouter_key : s.who.openrouter_key;
+    const auto& key = s.byok ? s.who.byok_key : s.tgt.litellm ? a.settings.litellm_key : managed;
     if (!key.empty()) r.set(http::field::authorization, "Bearer " + key);
     r.keep_alive(true);
     r.body() = std::move(body);
@@ -703,6 +706,10 @@ awaitable<void> metered_call(exchange& x, service kind) {
         co_return;
     }
 
+    if (!s.tgt.litellm) {
+        const auto id = parser.get()["x-generation-id"];
+        if (!id.empty() && id.size() <= 256) s.generation_id = std::string(id);
+    }
     const auto content_type = parser.get()[http::field::content_type];
     if (s.facts.stream && content_type.starts_with("text/event-stream")) {
         co_await relay_stream(s, conn, buffer, parser);

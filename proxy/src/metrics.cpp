@@ -87,6 +87,12 @@ std::string metrics::render() const {
          "caps a charge; the excess may become debt).\n# TYPE tollgate_charge_above_hold_micros_total counter\n"
          "tollgate_charge_above_hold_micros_total {}\n",
          shortfall_micros_.load());
+    line("# HELP tollgate_reconciliations_total Calls billed on an estimate, priced again from OpenRouter's "
+         "/generation.\n# TYPE tollgate_reconciliations_total counter\ntollgate_reconciliations_total {}\n",
+         reconciliations_.load());
+    line("# HELP tollgate_reconciled_micros Micro-USD the reconciliations added (negative: gave back).\n"
+         "# TYPE tollgate_reconciled_micros gauge\ntollgate_reconciled_micros {}\n",
+         reconciled_delta_micros_.load());
     line("# HELP tollgate_holds_refused_total Calls refused for insufficient credits.\n"
          "# TYPE tollgate_holds_refused_total counter\ntollgate_holds_refused_total {}\n",
          holds_refused.load());

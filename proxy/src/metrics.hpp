@@ -46,6 +46,11 @@ public:
     }
     void count_charge(std::int64_t charged_micros, std::int64_t shortfall_micros);
     void count_drain(bool got_slot) { (got_slot ? drains_ : drains_refused_)++; }
+    // A call billed on an estimate, priced again from the upstream's figures.
+    void count_reconciliation(std::int64_t delta_micros) {
+        reconciliations_++;
+        reconciled_delta_micros_.fetch_add(delta_micros, std::memory_order_relaxed);
+    }
 
     std::atomic<std::int64_t> open_streams{0};
     std::atomic<std::int64_t> drain_slots_in_use{0};
@@ -78,6 +83,8 @@ private:
     std::atomic<std::uint64_t> shortfall_micros_{0};
     std::atomic<std::uint64_t> drains_{0};
     std::atomic<std::uint64_t> drains_refused_{0};
+    std::atomic<std::uint64_t> reconciliations_{0};
+    std::atomic<std::int64_t> reconciled_delta_micros_{0};
 };
 
 }  // namespace tollgate::proxy

@@ -4,6 +4,7 @@
 #include <sodium.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -76,12 +77,51 @@ std::optional<secrets> secrets::open(const std::string& path, std::string& error
             return std::nullopt;
         }
     }
-    secrets s;
-    crypto_kdf_derive_from_key(s.hash_key_.data(), s.hash_key_.size(), kdf_key_hash_id, kdf_context, master);
-    static_assert(crypto_aead_xchacha20poly1305_ietf_KEYBYTES == 32);
-    crypto_kdf_derive_from_key(s.seal_key_.data(), s.seal_key_.size(), kdf_seal_id, seal_context, master);
+    std::array<unsigned char, master_key_bytes> bytes{};
+    std::memcpy(bytes.data(), master, sizeof master);
     sodium_memzero(master, sizeof master);
+    auto s = from_master(bytes);
+    sodium_memzero(bytes.data(), bytes.size());
     return s;
+}
+
+secrets secrets::from_master(const std::array<unsigned char, 32>& master) {
+    if (sodium_init() < 0) std::abort();  // nothing here can work without it
+    secrets s;
+    crypto_kdf_derive_from_key(s.hash_key_.data(), s.hash_key_.size(), kdf_key_hash_id, kdf_context, master.data());
+    static_assert(crypto_aead_xchacha20poly1305_ietf_KEYBYTES == 32);
+    crypto_kdf_derive_from_key(s.seal_->current.data(), s.seal_->current.size(), kdf_seal_id, seal_context,
+                               master.data());
+    return s;
+}
+
+bool secrets::adopt_hash_key(const std::optional<std::string>& stored, std::string& to_store, std::string& error) {
+    const std::string context = std::string("setting:") + hash_key_setting;
+    to_store.clear();
+    if (!stored) {
+        to_store = seal(std::string_view(reinterpret_cast<const char*>(hash_key_.data()), hash_key_.size()), context);
+        return true;
+    }
+    const auto key = open_sealed(*stored, context);
+    if (!key || key->size() != hash_key_.size()) {
+        error =
+            "the master key file does not open this database's sealed keys: it belongs to another database, or a "
+            "rotation replaced it; restore the key file that belongs to this database";
+        return false;
+    }
+    std::memcpy(hash_key_.data(), key->data(), hash_key_.size());
+    return true;
+}
+
+void secrets::adopt_seal_key(const secrets& next) {
+    std::array<unsigned char, 32> fresh;
+    {
+        std::shared_lock lock(next.seal_->mu);
+        fresh = next.seal_->current;
+    }
+    std::unique_lock lock(seal_->mu);
+    seal_->previous = seal_->current;
+    seal_->current = fresh;
 }
 
 std::string secrets::generate(std::string_view prefix) {
@@ -107,9 +147,10 @@ std::string secrets::seal(std::string_view plaintext, std::string_view context) 
     auto* nonce = reinterpret_cast<unsigned char*>(out.data());
     randombytes_buf(nonce, nonce_bytes);
     unsigned long long written = 0;
+    std::shared_lock lock(seal_->mu);
     crypto_aead_xchacha20poly1305_ietf_encrypt(
         nonce + nonce_bytes, &written, reinterpret_cast<const unsigned char*>(plaintext.data()), plaintext.size(),
-        reinterpret_cast<const unsigned char*>(context.data()), context.size(), nullptr, nonce, seal_key_.data());
+        reinterpret_cast<const unsigned char*>(context.data()), context.size(), nullptr, nonce, seal_->current.data());
     out.resize(nonce_bytes + written);
     return out;
 }
@@ -120,15 +161,21 @@ std::optional<std::string> secrets::open_sealed(std::string_view sealed, std::st
     if (sealed.size() < nonce_bytes + tag_bytes) return std::nullopt;
     const auto* nonce = reinterpret_cast<const unsigned char*>(sealed.data());
     std::string out(sealed.size() - nonce_bytes - tag_bytes, '\0');
-    unsigned long long written = 0;
-    if (crypto_aead_xchacha20poly1305_ietf_decrypt(
-            reinterpret_cast<unsigned char*>(out.data()), &written, nullptr, nonce + nonce_bytes,
-            sealed.size() - nonce_bytes, reinterpret_cast<const unsigned char*>(context.data()), context.size(), nonce,
-            seal_key_.data()) != 0) {
-        return std::nullopt;
-    }
-    out.resize(written);
-    return out;
+    const auto try_key = [&](const std::array<unsigned char, 32>& key) {
+        unsigned long long written = 0;
+        if (crypto_aead_xchacha20poly1305_ietf_decrypt(
+                reinterpret_cast<unsigned char*>(out.data()), &written, nullptr, nonce + nonce_bytes,
+                sealed.size() - nonce_bytes, reinterpret_cast<const unsigned char*>(context.data()), context.size(),
+                nonce, key.data()) != 0) {
+            return false;
+        }
+        out.resize(written);
+        return true;
+    };
+    std::shared_lock lock(seal_->mu);
+    if (try_key(seal_->current)) return out;
+    if (seal_->previous && try_key(*seal_->previous)) return out;
+    return std::nullopt;
 }
 
 std::string secrets::display_prefix(std::string_view secret) {

@@ -3,6 +3,8 @@
 #include "tollgate/proxy/server.hpp"
 
 #include "calls.hpp"
+#include "master_key.hpp"
+#include "provisioning.hpp"
 
 #include <boost/asio/ssl/context.hpp>
 #include <fmt/format.h>
@@ -224,19 +226,27 @@ awaitable<void> refresh_loop(app& a, std::shared_ptr<std::atomic<bool>> first_do
     }
 }
 
-// Once a minute: sweeps expired holds (their calls died without
-// settling) and rolls the billing periods whose boundary has passed (each
-// user's are also rolled whenever the ledger looks at them, so a balance is
-// never read stale; this keeps idle users' history in step).
+// Every maintenance interval (a minute by default): sweeps expired holds
+// (their calls died without settling), rolls the billing periods whose
+// boundary has passed (each user's are also rolled whenever the ledger
+// looks at them, so a balance is never read stale; this keeps idle users'
+// history in step), retries pending OpenRouter provisioning, syncs every
+// key when a sync is due, and reconciles calls billed on an estimate.
 awaitable<void> maintenance_loop(app& a) {
-    asio::steady_timer timer(*a.workers.front().io);
+    auto& w = a.workers.front();
+    asio::steady_timer timer(*w.io);
+    auto last_sync = std::chrono::steady_clock::now();
     for (;;) {
-        timer.expires_after(std::chrono::minutes(1));
+        timer.expires_after(a.settings.maintenance_interval);
         beast::error_code ec;
         co_await timer.async_wait(asio::redirect_error(use_awaitable, ec));
         if (ec || a.draining) co_return;
         a.ledger.expire_holds();
         if (const auto rolled = a.ledger.roll_periods(); rolled.count > 0) a.keys.invalidate_all();
+        const auto now = std::chrono::steady_clock::now();
+        const bool sync_due = now - last_sync >= a.settings.openrouter_sync;
+        if (sync_due) last_sync = now;
+        co_await openrouter::maintain(a, w, sync_due);
     }
 }
 
@@ -344,12 +354,6 @@ static int run_threads(app& a) {
 }
 
 int serve(const config& settings) {
-    std::string error;
-    auto keys_secret = secrets::open(settings.master_key_file, error);
-    if (!keys_secret) {
-        fmt::print(stderr, "tollgate: {}\n", error);
-        return 1;
-    }
     auto opened = ledger::ledger::open(
         {.path = settings.db_path, .sync = settings.durability_full ? ledger::durability::full : ledger::durability::normal});
     if (!opened.value) {
@@ -358,6 +362,12 @@ int serve(const config& settings) {
         return 1;
     }
     auto& l = *opened.value;
+    std::string error;
+    auto keys_secret = open_secrets(settings.master_key_file, l, error);
+    if (!keys_secret) {
+        fmt::print(stderr, "tollgate: {}\n", error);
+        return 1;
+    }
     if (const auto orphans = l.orphaned_holds_released()) {
         fmt::print("released {} holds left open by the last run (audit-logged)\n", orphans);
     }

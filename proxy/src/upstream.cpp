@@ -205,29 +205,57 @@ std::unique_ptr<ssl::context> make_client_tls_context() {
 
 namespace tollgate::proxy {
 
-awaitable<std::optional<fetched>> fetch(upstream_pool& pool, const std::string& target, const std::string& bearer,
-                                        std::size_t limit, std::chrono::milliseconds timeout) {
+awaitable<json_answer> exchange_json(upstream_pool& pool, const json_call& call, std::size_t limit,
+                                     std::chrono::milliseconds timeout) {
+    json_answer out;
     beast::error_code ec;
     upstream_failure failure{};
     auto conn = co_await pool.acquire(ec, failure);
-    if (!conn) co_return std::nullopt;
-    http::request<http::string_body> req{http::verb::get, target, 11};
+    if (!conn) {
+        out.timed_out = failure == upstream_failure::timeout;
+        co_return out;
+    }
+    http::request<http::string_body> req{call.method, call.target, 11};
     req.set(http::field::host, pool.host_header());
     req.set(http::field::accept, "application/json");
     req.set(http::field::user_agent, "tollgate");
-    if (!bearer.empty()) req.set(http::field::authorization, "Bearer " + bearer);
+    if (!call.bearer.empty()) req.set(http::field::authorization, "Bearer " + call.bearer);
+    if (!call.body.empty()) {
+        req.set(http::field::content_type, "application/json");
+        req.body() = call.body;
+    }
     req.keep_alive(true);
+    req.prepare_payload();
     expire_after(*conn, timeout);
+    out.request_sent = true;
     co_await send_request(*conn, req, ec);
-    if (ec) co_return std::nullopt;
-    beast::flat_buffer buffer;
-    http::response_parser<http::string_body> parser;
-    parser.body_limit(limit);
-    co_await read_whole(*conn, buffer, parser, ec);
-    if (ec) co_return std::nullopt;
-    fetched out{parser.get().result_int(), std::move(parser.get().body())};
-    if (parser.get().keep_alive()) pool.give_back(std::move(conn));
+    if (!ec) {
+        beast::flat_buffer buffer;
+        http::response_parser<http::string_body> parser;
+        parser.body_limit(limit);
+        co_await read_whole(*conn, buffer, parser, ec);
+        if (!ec) {
+            const auto& res = parser.get();
+            fetched f{res.result_int(), {}, std::string(res[http::field::retry_after])};
+            const bool keep = res.keep_alive();
+            f.body = std::move(parser.get().body());
+            out.answer = std::move(f);
+            if (keep) pool.give_back(std::move(conn));
+            co_return out;
+        }
+    }
+    out.timed_out = ec == beast::error::timeout;
+    close_hard(*conn);
     co_return out;
+}
+
+awaitable<std::optional<fetched>> fetch(upstream_pool& pool, const std::string& target, const std::string& bearer,
+                                        std::size_t limit, std::chrono::milliseconds timeout) {
+    json_call call;
+    call.target = target;
+    call.bearer = bearer;
+    auto got = co_await exchange_json(pool, call, limit, timeout);
+    co_return std::move(got.answer);
 }
 
 }  // namespace tollgate::proxy

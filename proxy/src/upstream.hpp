@@ -77,12 +77,29 @@ namespace tollgate::proxy {
 struct fetched {
     unsigned status = 0;
     std::string body;
+    std::string retry_after;  // the header, when the upstream sent one
 };
 // One GET on a pooled connection, body bounded by `limit`: for catalogs and
 // other small answers. nullopt when no valid answer came.
 net::awaitable<std::optional<fetched>> fetch(upstream_pool& pool, const std::string& target,
                                              const std::string& bearer, std::size_t limit,
                                              std::chrono::milliseconds timeout);
+
+// A small JSON exchange of any method (the OpenRouter management API).
+struct json_call {
+    net::http::verb method = net::http::verb::get;
+    std::string target;
+    std::string bearer;
+    std::string body;  // sent as application/json when not empty
+};
+struct json_answer {
+    std::optional<fetched> answer;  // nullopt: no valid answer came
+    // Some of the request went out: repeating it might repeat its effect.
+    bool request_sent = false;
+    bool timed_out = false;
+};
+net::awaitable<json_answer> exchange_json(upstream_pool& pool, const json_call& call, std::size_t limit,
+                                          std::chrono::milliseconds timeout);
 
 }  // namespace tollgate::proxy
 

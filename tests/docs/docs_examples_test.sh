@@ -9,7 +9,9 @@
 # when a ```json block follows the example, the answer must have exactly the
 # shape shown there (the same member paths; values may differ); and `save`
 # keeps values of the answer as shell variables for the examples below.
-# The examples start with TOLLGATE (the base URL) and ADMIN_TOKEN set.
+# The examples start with TOLLGATE (the base URL), ADMIN_TOKEN and MOCK (the
+# mock upstream's base URL, for its test hooks) set. tollgate provisions
+# OpenRouter keys through the mock's key management API.
 #
 # usage: docs_examples_test.sh TOLLGATE_BIN MOCK_BIN DOC.md
 set -euo pipefail
@@ -36,7 +38,8 @@ wait_for_line "$work/mock.log" "listening on"
 mock="$(grep -o 'http://[0-9.:]*' "$work/mock.log" | head -1)"
 admin="docs-admin-token-0123456789abcdef"
 TOLLGATE_LISTEN=127.0.0.1:0 TOLLGATE_DB="$work/t.db" TOLLGATE_MASTER_KEY_FILE="$work/k" TOLLGATE_ADMIN_TOKEN="$admin" \
-  TOLLGATE_OPENROUTER_URL="$mock/api/v1" TOLLGATE_OPENROUTER_KEY=platform-key "$tollgate_bin" serve >"$work/tg.log" 2>&1 &
+  TOLLGATE_OPENROUTER_URL="$mock/api/v1" TOLLGATE_OPENROUTER_KEY=platform-key \
+  TOLLGATE_OPENROUTER_PROVISIONING_KEY=mock-management-key "$tollgate_bin" serve >"$work/tg.log" 2>&1 &
 tg_pid=$!
 wait_for_line "$work/tg.log" "tollgate listening on"
 tg="$(grep -o 'http://[0-9.:]*' "$work/tg.log" | head -1)"
@@ -59,7 +62,7 @@ count="$(ls "$work"/*.directive 2>/dev/null | wc -l)"
 shape() { jq -c '[paths(type != "object" and type != "array") | map(if type == "number" then 0 else . end)] | unique' "$1"; }
 
 {
-  echo "export TOLLGATE='$tg' ADMIN_TOKEN='$admin'"
+  echo "export TOLLGATE='$tg' ADMIN_TOKEN='$admin' MOCK='$mock'"
 } >"$work/vars.sh"
 failures=0
 for i in $(seq 1 "$count"); do

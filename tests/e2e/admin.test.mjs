@@ -29,7 +29,7 @@ let doc; // the document the server serves
 let checkAnswer; // (method, path, r, what): asserts r matches the document's schema for its status
 
 before(async () => {
-  stack = await startStack({ config: CONFIG });
+  stack = await startStack({ config: CONFIG, env: { TOLLGATE_OPENROUTER_PROVISIONING_KEY: 'mock-management-key' } });
   const res = await httpFetch(`${stack.url}${API}/openapi.json`);
   const text = await res.text();
   assert.equal(res.status, 200, `GET ${API}/openapi.json: expected 200, got ${res.status}: ${text.slice(0, 500)}`);
@@ -233,6 +233,12 @@ const ROLES_TABLE = [
   ['GET',    '/coupons/list',              401, 401, 200, 403, 403, 403, 403],
   ['DELETE', '/coupons/{code}',            401, 401, 200, 403, 403, 403, 403],
   ['GET',    '/audit',                     401, 401, 200, 403, 403, 403, 403],
+  // The stack provisions OpenRouter keys: the subject has one already (200).
+  ['POST',   '/openrouter/create-account', 401, 401, 200, 403, 403, 403, 403],
+  ['GET',    '/openrouter/account',        401, 401, 200, 200, 403, 403, 403],
+  ['POST',   '/openrouter/sync-balance',   401, 401, 200, 200, 403, 403, 403],
+  ['DELETE', '/openrouter/account',        401, 401, 200, 403, 403, 403, 403],
+  ['POST',   '/master-key/rotate',         401, 401, 200, 403, 403, 403, 403],
   ['GET',    '/openapi.json',              200, 200, 200, 200, 200, 200, 200],
 ];
 
@@ -276,6 +282,11 @@ function rolesRequest(method, template, role, ctx) {
     case 'GET /coupons/list': return { path: '/coupons/list' };
     case 'DELETE /coupons/{code}': return { path: `/coupons/${ctx.coupons[role].deactivate}` };
     case 'GET /audit': return { path: '/audit?limit=5' };
+    case 'POST /openrouter/create-account': return { path: '/openrouter/create-account', body: { user_id: s } };
+    case 'GET /openrouter/account': return { path: `/openrouter/account?user_id=${s}` };
+    case 'POST /openrouter/sync-balance': return { path: '/openrouter/sync-balance', body: { user_id: s } };
+    case 'DELETE /openrouter/account': return { path: `/openrouter/account?user_id=${s}` };
+    case 'POST /master-key/rotate': return { path: '/master-key/rotate' };
     case 'GET /openapi.json': return { path: '/openapi.json' };
     default: throw new Error(`no request for ${method} ${template}`);
   }

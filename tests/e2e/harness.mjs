@@ -167,10 +167,12 @@ export function assertLedgerOk(result, when) {
   );
 }
 
-// Starts the mock and tollgate. `config` is TOML text for TOLLGATE_CONFIG.
-export async function startStack({ config } = {}) {
+// Starts the mock and tollgate. `config` is TOML text for TOLLGATE_CONFIG;
+// `env` adds or overrides tollgate's variables ({name: undefined} unsets);
+// `mockArgs` are extra mock_upstream options.
+export async function startStack({ config, env: extraEnv = {}, mockArgs = [] } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'tollgate-e2e-'));
-  const mock = await startProcess('mock_upstream', MOCK_UPSTREAM_BIN, ['--listen', '127.0.0.1:0'], process.env);
+  const mock = await startProcess('mock_upstream', MOCK_UPSTREAM_BIN, ['--listen', '127.0.0.1:0', ...mockArgs], process.env);
   const dbPath = join(dir, 'tollgate.db');
   const env = {
     ...process.env,
@@ -186,6 +188,10 @@ export async function startStack({ config } = {}) {
     TOLLGATE_LITELLM_KEY: 'sk-litellm-e2e',
   };
   delete env.TOLLGATE_CONFIG;
+  for (const [name, value] of Object.entries(extraEnv)) {
+    if (value === undefined) delete env[name];
+    else env[name] = value;
+  }
   if (config) {
     const configPath = join(dir, 'tollgate.toml');
     writeFileSync(configPath, config);

@@ -254,6 +254,9 @@ struct usage_event {
     std::string catalog_hash;
     std::string status = "ok";
     std::int64_t latency_ms = 0;
+    // The upstream's id of the call (OpenRouter's X-Generation-Id): a call
+    // billed on an estimate is priced again from it (reconcile_usage).
+    std::optional<std::string> generation_id;
 };
 
 struct new_user {
@@ -417,6 +420,66 @@ struct usage_summary {
     std::vector<std::pair<std::string, usage_totals>> by_service;  // sorted by service
 };
 
+// A user's provisioned OpenRouter key (SPEC 6 and 7). The key itself is
+// sealed by the proxy; the ledger keeps the blob and what the API shows.
+struct openrouter_account {
+    std::int64_t user_id = 0;
+    std::string label;               // the key's name at OpenRouter
+    std::string status = "pending";  // pending, active, disabled, deleted
+    std::optional<std::string> sealed_key;
+    std::string key_masked;  // at most the first 12 and the last 4 characters
+    std::string key_hash;    // OpenRouter's id of the key
+    std::optional<std::int64_t> limit_micros;
+    std::int64_t usage_micros = 0;
+    std::optional<time_ms> synced_at_ms;
+    std::string last_error;  // the last failed attempt, for the operator; never a secret
+    std::int64_t attempts = 0;
+    std::optional<time_ms> next_attempt_ms;  // pending: when to try again
+    time_ms created_at_ms = 0;
+};
+
+// What re-encrypting every sealed blob did (rotate-master-key).
+struct reseal_outcome {
+    result code = result::ok;
+    std::int64_t resealed = 0;
+    std::vector<std::string> unreadable;  // contexts of blobs the old key does not open
+    commit_seq seq = 0;
+};
+
+// A usage event billed on an estimate that the upstream can price now.
+struct estimated_usage {
+    std::int64_t usage_event_id = 0;
+    std::int64_t user_id = 0;
+    std::string generation_id;
+    std::string model;
+    std::int64_t prompt_tokens = 0;
+    std::int64_t completion_tokens = 0;
+    std::int64_t charged_micros = 0;
+    time_ms created_at_ms = 0;
+};
+
+// The upstream's real figures for an estimated call: the event keeps what
+// was billed; the difference is posted as 'reconcile' transactions.
+struct reconcile_request {
+    std::int64_t usage_event_id = 0;
+    std::int64_t user_id = 0;
+    std::string generation_id;
+    std::int64_t provider_cost_micros = 0;
+    std::int64_t markup_micros = 0;
+    std::int64_t charged_micros = 0;  // what the call should have cost the user
+    std::int64_t prompt_tokens = 0;
+    std::int64_t completion_tokens = 0;
+    std::string actor = "system";
+};
+
+struct reconcile_outcome {
+    result code = result::ok;  // idempotency_conflict: already reconciled
+    std::int64_t delta_micros = 0;
+    std::int64_t first_transaction_id = 0;  // 0 when nothing moved
+    std::int64_t balance_micros = 0;
+    commit_seq seq = 0;
+};
+
 struct writer_stats {
     std::uint64_t commits = 0;
     std::uint64_t operations = 0;
@@ -559,6 +622,20 @@ public:
     // (or the read failed).
     std::optional<std::string> byok_key(std::int64_t user_id);
 
+    // The user's provisioned OpenRouter key; nullopt when none was ever
+    // asked for (or the read failed).
+    std::optional<openrouter_account> find_openrouter_account(std::int64_t user_id);
+    std::vector<openrouter_account> openrouter_accounts();  // by user id
+    // Stores the whole row (insert or replace), staged with the next batch.
+    simple_outcome put_openrouter_account(const openrouter_account& account);
+    // Re-encrypts every sealed blob in one commit: BYOK keys and provisioned
+    // keys (context "user:<id>") and settings named "sealed.*" (context
+    // "setting:<name>"). `reseal(blob, context)` gives the new blob, nullopt
+    // when it cannot open it: then nothing is changed and `unreadable` names
+    // what failed.
+    reseal_outcome reseal_all(
+        const std::function<std::optional<std::string>(std::string_view blob, const std::string& context)>& reseal);
+
     // --- service tokens ------------------------------------------------------
     // `id` and `created_at_ms` are assigned; returns once durable.
     key_outcome create_service_token(service_token token);
@@ -600,6 +677,13 @@ public:
     // A `refund` grant linked to the charge it corrects; refunds of one charge
     // never add up to more than it.
     grant_outcome refund(const refund_request& request);
+    // Calls billed on an estimate with an upstream id and no correction yet,
+    // created in [created_after, created_before), oldest first.
+    std::vector<estimated_usage> usage_to_reconcile(time_ms created_after, time_ms created_before, int limit);
+    // Posts the correction of one estimated call, once: more charged (drawn
+    // like a charge, debt beyond the grants) or some given back (a refund
+    // grant), as 'reconcile' transactions; its rollup follows.
+    reconcile_outcome reconcile_usage(const reconcile_request& request);
 
     // --- maintenance ---------------------------------------------------------
     // The server runs these periodically (expire_holds at least once a minute):

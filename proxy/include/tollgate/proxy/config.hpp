@@ -75,6 +75,14 @@ struct config {
     std::size_t pool_idle_per_upstream = 256;
     std::size_t drain_slots = 64;  // concurrent drains of streams whose client left
     std::chrono::milliseconds catalog_refresh{600'000};
+    // OpenRouter's key management API: each attempt's deadline; how often
+    // the maintenance job runs (holds, periods, pending provisioning,
+    // reconciliation) and syncs every key; how long after a call billed on
+    // an estimate /generation is asked for its real cost.
+    std::chrono::milliseconds openrouter_management_timeout{10'000};
+    std::chrono::milliseconds maintenance_interval{60'000};
+    std::chrono::milliseconds openrouter_sync{600'000};
+    std::chrono::milliseconds reconcile_after{10'000};
 
     pricing::hold_policy hold;
     std::int64_t default_rpm_limit = 600;

@@ -1,0 +1,140 @@
+#include "master_key.hpp"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sodium.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace tollgate::proxy {
+
+namespace {
+
+std::string pending_path(const std::string& key_file) {
+    return key_file + ".new";
+}
+
+bool exists(const std::string& path) {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0;
+}
+
+// The directory entry of a rename is durable only once its directory is.
+void sync_directory_of(const std::string& path) {
+    const auto slash = path.rfind('/');
+    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return;
+    (void)::fsync(fd);
+    ::close(fd);
+}
+
+bool write_key_file(const std::string& path, const std::array<unsigned char, 32>& master, std::string& error) {
+    ::unlink(path.c_str());
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        error = fmt::format("cannot create {}: {}", path, std::strerror(errno));
+        return false;
+    }
+    const bool ok =
+        ::write(fd, master.data(), master.size()) == static_cast<ssize_t>(master.size()) && ::fsync(fd) == 0;
+    ::close(fd);
+    if (!ok) {
+        ::unlink(path.c_str());
+        error = fmt::format("cannot write {}", path);
+    }
+    return ok;
+}
+
+// A rotation that committed but did not rename: the database opens only
+// with `<file>.new`. One that did not commit: only with the old file.
+bool finish_interrupted_rotation(const std::string& key_file, ledger::ledger& l, std::string& error) {
+    const auto next_path = pending_path(key_file);
+    if (!exists(next_path)) return true;
+    std::string ignored;
+    const auto next = secrets::open(next_path, ignored);
+    const auto stored = l.setting(secrets::hash_key_setting);
+    const std::string context = std::string("setting:") + secrets::hash_key_setting;
+    if (next && stored && next->open_sealed(*stored, context)) {
+        if (::rename(next_path.c_str(), key_file.c_str()) != 0) {
+            error = fmt::format("a master key rotation was cut short and {} cannot replace {}: {}", next_path, key_file,
+                                std::strerror(errno));
+            return false;
+        }
+        sync_directory_of(key_file);
+        fmt::print("tollgate: finished a master key rotation cut short ({} replaced {})\n", next_path, key_file);
+        return true;
+    }
+    ::unlink(next_path.c_str());  // the rotation never committed: the old key is still the one
+    return true;
+}
+
+}  // namespace
+
+std::optional<secrets> open_secrets(const std::string& key_file, ledger::ledger& l, std::string& error) {
+    if (!finish_interrupted_rotation(key_file, l, error)) return std::nullopt;
+    auto s = secrets::open(key_file, error);
+    if (!s) return std::nullopt;
+    std::string to_store;
+    if (!s->adopt_hash_key(l.setting(secrets::hash_key_setting), to_store, error)) {
+        error = fmt::format("{}: {}", key_file, error);
+        return std::nullopt;
+    }
+    if (!to_store.empty()) {
+        const auto out = l.put_setting(secrets::hash_key_setting, to_store);
+        if (out.code != ledger::result::ok || !l.wait_durable(out.seq)) {
+            error = "could not store the sealed key-hashing key";
+            return std::nullopt;
+        }
+    }
+    return s;
+}
+
+rotation rotate_master_key(const std::string& key_file, ledger::ledger& l, secrets& live) {
+    rotation out;
+    std::array<unsigned char, 32> master{};
+    randombytes_buf(master.data(), master.size());
+    const auto next = secrets::from_master(master);
+    const auto next_path = pending_path(key_file);
+    const bool written = write_key_file(next_path, master, out.error);
+    sodium_memzero(master.data(), master.size());
+    if (!written) return out;
+
+    const auto resealed = l.reseal_all([&](std::string_view blob, const std::string& context) {
+        auto plain = live.open_sealed(blob, context);
+        if (!plain) return std::optional<std::string>{};
+        auto sealed = next.seal(*plain, context);
+        sodium_memzero(plain->data(), plain->size());
+        return std::optional<std::string>(std::move(sealed));
+    });
+    if (resealed.code != ledger::result::ok || !l.wait_durable(resealed.seq)) {
+        ::unlink(next_path.c_str());
+        out.error =
+            resealed.code == ledger::result::invalid_argument
+                ? fmt::format(
+                      "the current master key does not open {} sealed blob(s) (first: {}); nothing "
+                      "was changed",
+                      resealed.unreadable.size(), resealed.unreadable.empty() ? "" : resealed.unreadable.front())
+                : fmt::format("the ledger could not commit the re-encrypted keys ({}); nothing was changed",
+                              ledger::to_string(resealed.code));
+        return out;
+    }
+    if (::rename(next_path.c_str(), key_file.c_str()) != 0) {
+        // Committed: the database now needs the new key, which is in
+        // next_path; the next start finishes the rename.
+        out.error = fmt::format("re-encrypted, but {} could not replace {}: {} (the next start finishes it)", next_path,
+                                key_file, std::strerror(errno));
+        live.adopt_seal_key(next);
+        return out;
+    }
+    sync_directory_of(key_file);
+    live.adopt_seal_key(next);
+    out.ok = true;
+    out.resealed = resealed.resealed;
+    return out;
+}
+
+}  // namespace tollgate::proxy

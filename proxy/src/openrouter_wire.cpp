@@ -83,6 +83,13 @@ bool read_key(value v, key_info& k, bool& complete) {
     return ok;
 }
 
+// On Demand steps over what nobody reads without checking it: the whole
+// text is checked first, so a malformed answer is refused, not half read.
+template <class F>
+bool each_checked_member(std::string_view text, F&& fn) {
+    return json_text::is_json_object(text) && json_text::each_root_member(text, std::forward<F>(fn));
+}
+
 bool is_object(value v) {
     json_type type;
     return !v.type().get(type) && type == json_type::object;
@@ -93,7 +100,7 @@ bool is_object(value v) {
 std::optional<key_info> parse_key_answer(std::string_view text) {
     key_info k;
     bool complete = false;
-    const bool ok = json_text::each_root_member(text, [&](std::string_view key, value v) {
+    const bool ok = each_checked_member(text, [&](std::string_view key, value v) {
         if (key != "data") return true;
         return is_object(v) && read_key(v, k, complete);
     });
@@ -104,7 +111,7 @@ std::optional<key_info> parse_key_answer(std::string_view text) {
 std::optional<created_key> parse_created_key(std::string_view text) {
     created_key c;
     bool complete = false;
-    const bool ok = json_text::each_root_member(text, [&](std::string_view key, value v) {
+    const bool ok = each_checked_member(text, [&](std::string_view key, value v) {
         if (key == "data") return is_object(v) && read_key(v, c.info, complete);
         if (key == "key") return read_string(v, c.key);
         return true;
@@ -116,7 +123,7 @@ std::optional<created_key> parse_created_key(std::string_view text) {
 std::optional<std::vector<key_info>> parse_key_list(std::string_view text) {
     std::vector<key_info> out;
     bool seen = false;
-    const bool ok = json_text::each_root_member(text, [&](std::string_view key, value v) {
+    const bool ok = each_checked_member(text, [&](std::string_view key, value v) {
         if (key != "data") return true;
         json_type type;
         if (v.type().get(type) || type != json_type::array) return false;
@@ -136,7 +143,7 @@ std::optional<std::vector<key_info>> parse_key_list(std::string_view text) {
 std::optional<generation> parse_generation(std::string_view text) {
     generation g;
     bool has_cost = false;
-    const bool ok = json_text::each_root_member(text, [&](std::string_view key, value v) {
+    const bool ok = each_checked_member(text, [&](std::string_view key, value v) {
         if (key != "data") return true;
         if (!is_object(v)) return false;
         return json_text::each_member(v, [&](std::string_view k, value fv) {

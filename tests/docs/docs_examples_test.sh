@@ -18,31 +18,11 @@ set -euo pipefail
 tollgate_bin="$1"
 mock_bin="$2"
 doc="$3"
-work="$(mktemp -d)"
-mock_pid=""
-tg_pid=""
-cleanup() {
-  for pid in $tg_pid $mock_pid; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-wait_for_line() {  # wait_for_line FILE PATTERN
-  for _ in $(seq 1 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-  echo "timed out waiting for '$2' in $1:"; cat "$1"; exit 1
-}
-
-"$mock_bin" --listen 127.0.0.1:0 >"$work/mock.log" 2>&1 &
-mock_pid=$!
-wait_for_line "$work/mock.log" "listening on"
-mock="$(grep -o 'http://[0-9.:]*' "$work/mock.log" | head -1)"
+source "$(dirname "$0")/../support/stack.sh"
 admin="docs-admin-token-0123456789abcdef"
-TOLLGATE_LISTEN=127.0.0.1:0 TOLLGATE_DB="$work/t.db" TOLLGATE_MASTER_KEY_FILE="$work/k" TOLLGATE_ADMIN_TOKEN="$admin" \
-  TOLLGATE_OPENROUTER_URL="$mock/api/v1" TOLLGATE_OPENROUTER_KEY=platform-key \
-  TOLLGATE_OPENROUTER_PROVISIONING_KEY=mock-management-key "$tollgate_bin" serve >"$work/tg.log" 2>&1 &
-tg_pid=$!
-wait_for_line "$work/tg.log" "tollgate listening on"
-tg="$(grep -o 'http://[0-9.:]*' "$work/tg.log" | head -1)"
+
+start_mock
+start_tollgate tg TOLLGATE_OPENROUTER_PROVISIONING_KEY=mock-management-key
 
 # Split the document into examples: N.directive, N.sh and, when shown, N.json.
 awk -v dir="$work" '

@@ -1,5 +1,7 @@
 // Secrets at rest (proxy/src/secrets.cpp): keyed hashes of tollgate keys
 // and sealed upstream keys, with a real master key file.
+#include "keys.hpp"
+#include "master_key.hpp"
 #include "secrets.hpp"
 
 #include <catch2/catch.hpp>
@@ -67,4 +69,142 @@ TEST_CASE("a sealed key opens only with its master key, unaltered, for its owner
     CHECK_FALSE(s.open_sealed("", "user:7"));
     const auto other = dir.open("other.key");
     CHECK_FALSE(other.open_sealed(sealed, "user:7"));
+}
+
+// --- the master key beside a ledger (proxy/src/master_key.cpp) -------------
+
+
+namespace {
+
+std::string file_bytes(const std::filesystem::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+std::unique_ptr<tollgate::ledger::ledger> open_db(const std::filesystem::path& p) {
+    auto r = tollgate::ledger::ledger::open({.path = p.string()});
+    INFO(r.message);
+    REQUIRE(r.value);
+    return std::move(r.value);
+}
+
+tollgate::proxy::secrets open_with(const std::filesystem::path& key, tollgate::ledger::ledger& l) {
+    std::string error;
+    auto s = tollgate::proxy::open_secrets(key.string(), l, error);
+    INFO(error);
+    REQUIRE(s);
+    return *s;
+}
+
+}  // namespace
+
+TEST_CASE("rotating the master key re-seals every upstream key and keeps every key hash") {
+    using namespace tollgate;
+    key_dir dir;
+    const auto db = dir.path / "t.db";
+    const auto key_file = dir.path / "master.key";
+    const std::string upstream_key = "sk-or-v1-0123456789abcdef-plaintext-upstream-key";
+    auto l = open_db(db);
+    auto s = open_with(key_file, *l);
+    const auto user = l->create_user({.email = "k@example.com", .name = "", .tier = "starter", .actor = "test"});
+    REQUIRE(user.code == ledger::result::ok);
+    ledger::openrouter_account account;
+    account.user_id = user.user_id;
+    account.label = "tollgate-user-1";
+    account.status = "active";
+    account.sealed_key = s.seal(upstream_key, proxy::owner_context(user.user_id));
+    REQUIRE(l->put_openrouter_account(account).code == ledger::result::ok);
+    l->flush();
+    const auto hash_before = s.hash("tg_some-user-key");
+    const auto old_key_bytes = file_bytes(key_file);
+
+    const auto done = proxy::rotate_master_key(key_file.string(), *l, s);
+    INFO(done.error);
+    REQUIRE(done.ok);
+    CHECK(done.resealed == 2);  // the provisioned key and the key-hashing key
+    CHECK(file_bytes(key_file) != old_key_bytes);
+    CHECK(file_bytes(key_file).size() == 32);
+    struct stat st {};
+    REQUIRE(::stat(key_file.c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0600);
+    CHECK_FALSE(std::filesystem::exists(key_file.string() + ".new"));
+
+    const auto sealed = *l->find_openrouter_account(user.user_id)->sealed_key;
+    CHECK(sealed != *account.sealed_key);
+    CHECK(s.open_sealed(sealed, proxy::owner_context(user.user_id)) == upstream_key);
+    CHECK(s.hash("tg_some-user-key") == hash_before);
+
+    // What the old key file opens: nothing any more.
+    std::filesystem::create_directory(dir.path / "old");
+    {
+        std::ofstream out(dir.path / "old" / "master.key", std::ios::binary);
+        out << old_key_bytes;
+    }
+    std::filesystem::permissions(dir.path / "old" / "master.key", std::filesystem::perms::owner_read);
+    std::string error;
+    const auto old = secrets::open((dir.path / "old" / "master.key").string(), error);
+    REQUIRE(old);
+    CHECK_FALSE(old->open_sealed(sealed, proxy::owner_context(user.user_id)));
+
+    // A restart with the new file: the same hashes, the key opens.
+    l.reset();
+    l = open_db(db);
+    {
+        auto again = open_with(key_file, *l);
+        CHECK(again.hash("tg_some-user-key") == hash_before);
+        CHECK(again.open_sealed(sealed, proxy::owner_context(user.user_id)) == upstream_key);
+    }
+    // The old key file is refused for this database, with the reason.
+    {
+        const auto refused = proxy::open_secrets((dir.path / "old" / "master.key").string(), *l, error);
+        CHECK_FALSE(refused);
+        CHECK(error.find("does not open this database") != std::string::npos);
+    }
+    CHECK(l->check().ok);
+
+    // The plaintext key is in no file of the database (db, -wal, -shm).
+    l->flush();
+    for (const auto& entry : std::filesystem::directory_iterator(dir.path)) {
+        if (!entry.is_regular_file()) continue;
+        INFO(entry.path());
+        CHECK(file_bytes(entry.path()).find(upstream_key) == std::string::npos);
+    }
+}
+
+TEST_CASE("a rotation cut short is finished, or undone, at the next open") {
+    using namespace tollgate;
+    key_dir dir;
+    const auto db = dir.path / "t.db";
+    const auto key_file = dir.path / "master.key";
+    auto l = open_db(db);
+    auto s = open_with(key_file, *l);
+    const auto hash_before = s.hash("tg_x");
+    const auto old_key_bytes = file_bytes(key_file);
+
+    SECTION("committed but not renamed: the new key is taken") {
+        REQUIRE(proxy::rotate_master_key(key_file.string(), *l, s).ok);
+        const auto new_key_bytes = file_bytes(key_file);
+        // Put the files back as they were before the rename.
+        std::filesystem::rename(key_file, key_file.string() + ".new");
+        {
+            std::ofstream out(key_file, std::ios::binary);
+            out << old_key_bytes;
+        }
+        std::filesystem::permissions(key_file, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+        auto again = open_with(key_file, *l);
+        CHECK(file_bytes(key_file) == new_key_bytes);
+        CHECK_FALSE(std::filesystem::exists(key_file.string() + ".new"));
+        CHECK(again.hash("tg_x") == hash_before);
+    }
+    SECTION("never committed: the stray new file is removed, the old key stays") {
+        {
+            std::ofstream out(key_file.string() + ".new", std::ios::binary);
+            out << std::string(32, '\x5a');
+        }
+        std::filesystem::permissions(key_file.string() + ".new", std::filesystem::perms::owner_read);
+        auto again = open_with(key_file, *l);
+        CHECK(file_bytes(key_file) == old_key_bytes);
+        CHECK_FALSE(std::filesystem::exists(key_file.string() + ".new"));
+        CHECK(again.hash("tg_x") == hash_before);
+    }
 }

@@ -94,7 +94,8 @@ bool apply_file(const std::string& path, config& c, std::string& error) {
             !read_ms(*t, "openrouter_management_ms", c.openrouter_management_timeout, error) ||
             !read_ms(*t, "maintenance_ms", c.maintenance_interval, error) ||
             !read_ms(*t, "openrouter_sync_ms", c.openrouter_sync, error) ||
-            !read_ms(*t, "reconcile_after_ms", c.reconcile_after, error)) {
+            !read_ms(*t, "reconcile_after_ms", c.reconcile_after, error) ||
+            !read_ms(*t, "provisioning_retry_ms", c.provisioning_retry, error)) {
             return false;
         }
     }

@@ -21,8 +21,8 @@ constexpr int max_attempts = 3;
 constexpr std::size_t answer_limit = 4 << 20;
 constexpr auto first_backoff = std::chrono::milliseconds(250);
 constexpr auto longest_backoff = std::chrono::seconds(5);
-// A pending account is tried again after 30 s, doubling up to an hour.
-constexpr ledger::time_ms first_retry_ms = 30'000;
+// A pending account is tried again after [timeouts] provisioning_retry_ms
+// (30 s), doubling up to an hour.
 constexpr ledger::time_ms longest_retry_ms = 3'600'000;
 // Estimated calls older than this are left as billed: OpenRouter no
 // longer has them, or never will.
@@ -165,6 +165,7 @@ awaitable<account_result> failed(app& a, ledger::openrouter_account account, fai
     if (schedule_retry) {
         account.attempts += 1;
         const auto shift = std::min<std::int64_t>(account.attempts - 1, 20);
+        const ledger::time_ms first_retry_ms = a.settings.provisioning_retry.count();
         account.next_attempt_ms = a.ledger.now_ms() + std::min(first_retry_ms << shift, longest_retry_ms);
     }
     account_result out;

@@ -83,6 +83,9 @@ struct config {
     std::chrono::milliseconds maintenance_interval{60'000};
     std::chrono::milliseconds openrouter_sync{600'000};
     std::chrono::milliseconds reconcile_after{10'000};
+    // A user whose key could not be provisioned is tried again after this,
+    // doubling with each failure up to an hour.
+    std::chrono::milliseconds provisioning_retry{30'000};
 
     pricing::hold_policy hold;
     std::int64_t default_rpm_limit = 600;

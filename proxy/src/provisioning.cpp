@@ -226,18 +226,33 @@ awaitable<account_result> provision(app& a, worker& w, std::int64_t user_id) {
     // An earlier attempt may have created a key whose answer never came:
     // such keys carry this user's name; they are deleted first.
     if (account.attempts > 0) {
-        json_call list{http::verb::get, management_target(a, "/keys?include_disabled=true"), bearer, {}};
-        auto listed = co_await call(a, w, list, true);
-        if (!listed.ok) co_return co_await failed(a, account, listed.error, true);
-        const auto keys = parse_key_list(listed.ok->body);
-        if (!keys)
-            co_return co_await failed(
-                a, account, failure{failure::kind::upstream, 502, false, "OpenRouter's key list was not valid"}, true);
-        for (const auto& k : *keys) {
-            if (k.name != account.label) continue;
-            json_call del{http::verb::delete_, management_target(a, "/keys/" + encode(k.hash)), bearer, {}};
-            auto deleted = co_await call(a, w, del, true);
-            if (!deleted.ok && deleted.error.status != 404) co_return co_await failed(a, account, deleted.error, true);
+        constexpr std::size_t page = 100;  // OpenRouter's page size (upstream-apis.md §1c)
+        constexpr std::size_t most_pages = 1000;
+        std::size_t offset = 0;
+        for (std::size_t pages = 0; pages < most_pages; ++pages) {
+            json_call list{http::verb::get,
+                           management_target(a, fmt::format("/keys?include_disabled=true&offset={}", offset)), bearer,
+                           {}};
+            auto listed = co_await call(a, w, list, true);
+            if (!listed.ok) co_return co_await failed(a, account, listed.error, true);
+            const auto keys = parse_key_list(listed.ok->body);
+            if (!keys) {
+                co_return co_await failed(
+                    a, account, failure{failure::kind::upstream, 502, false, "OpenRouter's key list was not valid"},
+                    true);
+            }
+            std::size_t removed = 0;
+            for (const auto& k : *keys) {
+                if (k.name != account.label) continue;
+                json_call del{http::verb::delete_, management_target(a, "/keys/" + encode(k.hash)), bearer, {}};
+                auto deleted = co_await call(a, w, del, true);
+                if (!deleted.ok && deleted.error.status != 404) {
+                    co_return co_await failed(a, account, deleted.error, true);
+                }
+                ++removed;
+            }
+            if (keys->size() < page) break;
+            offset += page - removed;  // the keys after the deleted ones moved up
         }
     }
 

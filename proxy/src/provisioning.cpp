@@ -219,8 +219,15 @@ awaitable<account_result> provision(app& a, worker& w, std::int64_t user_id) {
         out.error = failure{failure::kind::storage, 0, false, "No such user or subscription"};
         co_return out;
     }
+    // A new key: nothing of a revoked one may show beside it.
     account.status = "pending";
     account.label = key_name(user_id);
+    account.sealed_key.reset();
+    account.key_masked.clear();
+    account.key_hash.clear();
+    account.limit_micros.reset();
+    account.usage_micros = 0;
+    account.synced_at_ms.reset();
     const std::string& bearer = a.settings.openrouter_provisioning_key;
 
     // An earlier attempt may have created a key whose answer never came:

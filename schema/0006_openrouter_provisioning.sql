@@ -21,6 +21,9 @@ ALTER TABLE openrouter_accounts ADD COLUMN key_masked TEXT NOT NULL DEFAULT '';
 ALTER TABLE openrouter_accounts ADD COLUMN last_error TEXT NOT NULL DEFAULT '';
 ALTER TABLE openrouter_accounts ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0);
 ALTER TABLE openrouter_accounts ADD COLUMN next_attempt_ms INTEGER;
+-- OpenRouter's limit_remaining: the limit resets monthly, so limit - usage
+-- (all-time) is not what is left.
+ALTER TABLE openrouter_accounts ADD COLUMN remaining_micros INTEGER;
 
 -- The upstream's id of a call (OpenRouter's X-Generation-Id), kept so a
 -- call billed on an estimate can be priced again from /generation.

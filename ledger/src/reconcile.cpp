@@ -9,7 +9,8 @@
 
 namespace tollgate::ledger {
 
-std::vector<estimated_usage> ledger::usage_to_reconcile(time_ms created_after, time_ms created_before, int limit) {
+std::vector<estimated_usage> ledger::usage_to_reconcile(time_ms created_after, time_ms created_before, int limit,
+                                                        std::int64_t after_id) {
     std::vector<estimated_usage> out;
     if (limit < 1) return out;
     try {
@@ -18,10 +19,10 @@ std::vector<estimated_usage> ledger::usage_to_reconcile(time_ms created_after, t
             "SELECT e.id, e.user_id, e.generation_id, e.model, e.prompt_tokens, e.completion_tokens, "
             "e.charged_micros, e.created_at_ms FROM usage_events e "
             "WHERE e.price_source = 'estimated' AND e.generation_id IS NOT NULL "
-            "AND e.created_at_ms >= ?1 AND e.created_at_ms < ?2 "
+            "AND e.created_at_ms >= ?1 AND e.created_at_ms < ?2 AND e.id > ?4 "
             "AND NOT EXISTS (SELECT 1 FROM reconciliations r WHERE r.usage_event_id = e.id) "
-            "ORDER BY e.created_at_ms, e.id LIMIT ?3");
-        s->bind(1, created_after).bind(2, created_before).bind(3, limit);
+            "ORDER BY e.id LIMIT ?3");
+        s->bind(1, created_after).bind(2, created_before).bind(3, limit).bind(4, after_id);
         while (s->step()) {
             estimated_usage e;
             e.usage_event_id = s->int64(0);
@@ -52,7 +53,7 @@ reconcile_outcome ledger::reconcile_usage(const reconcile_request& r) {
     // One correction per event: decided against committed history, under
     // external_mu so two correctors cannot both see none.
     std::unique_lock external(m.external_mu);
-    std::int64_t charged_before = 0, cost_before = 0, markup_before = 0;
+    std::int64_t charged_before = 0, cost_before = 0, markup_before = 0, refunded = 0;
     time_ms event_at = 0;
     std::string service, model;
     try {
@@ -60,7 +61,8 @@ reconcile_outcome ledger::reconcile_usage(const reconcile_request& r) {
         auto s = db->prepare(
             "SELECT e.charged_micros, e.provider_cost_micros, e.markup_micros, e.created_at_ms, e.service, e.model, "
             "e.price_source, e.generation_id, "
-            "(SELECT COUNT(*) FROM reconciliations r WHERE r.usage_event_id = e.id) "
+            "(SELECT COUNT(*) FROM reconciliations r WHERE r.usage_event_id = e.id), "
+            "(SELECT IFNULL(SUM(g.amount_micros), 0) FROM credit_grants g WHERE g.refund_of_event_id = e.id) "
             "FROM usage_events e WHERE e.id = ?1 AND e.user_id = ?2");
         s->bind(1, r.usage_event_id).bind(2, r.user_id);
         if (!s->step()) return {result::unknown_charge};
@@ -74,6 +76,7 @@ reconcile_outcome ledger::reconcile_usage(const reconcile_request& r) {
         event_at = s->int64(3);
         service = s->text(4);
         model = s->text(5);
+        refunded = s->int64(9);
     } catch (const sql::error&) {
         return {result::storage_failed};
     }
@@ -86,7 +89,9 @@ reconcile_outcome ledger::reconcile_usage(const reconcile_request& r) {
         user_book* const found = m.current_user(r.user_id, at);
         if (!found) return {result::unknown_user};
         auto& u = *found;
-        const std::int64_t delta = r.charged_micros - charged_before;
+        // Given back at most what no refund gave back yet: refunds of one
+        // charge never exceed it (SPEC 4), whoever made them.
+        const std::int64_t delta = std::max(r.charged_micros - charged_before, refunded - charged_before);
         if (delta > 0 && u.debt_micros + delta > max_balance_micros) return {result::amount_overflow};
         const std::string reason = fmt::format("reconciled with generation {}: charged {} then, {} now",
                                                r.generation_id, charged_before, r.charged_micros);

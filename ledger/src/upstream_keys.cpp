@@ -20,13 +20,14 @@ bool valid_account(const openrouter_account& a) {
            a.last_error.size() <= max_account_text && a.attempts >= 0 && a.usage_micros >= 0 &&
            a.usage_micros <= max_amount_micros &&
            (!a.limit_micros || (*a.limit_micros >= 0 && *a.limit_micros <= max_amount_micros)) &&
-           (!a.sealed_key || a.sealed_key->size() <= max_account_text);
+           (!a.sealed_key || a.sealed_key->size() <= max_account_text) &&
+           (!a.remaining_micros || (*a.remaining_micros >= 0 && *a.remaining_micros <= max_amount_micros));
 }
 
 // Statements are cached by their text's address (sqlite.hpp): literals only.
 #define TOLLGATE_ACCOUNT_COLUMNS                                                                            \
     "user_id, label, status, key_ciphertext, key_masked, openrouter_key_hash, limit_micros, usage_micros, " \
-    "synced_at_ms, last_error, attempts, next_attempt_ms, created_at_ms"
+    "synced_at_ms, last_error, attempts, next_attempt_ms, created_at_ms, remaining_micros"
 
 openrouter_account account_of(sql::statement& s) {
     openrouter_account a;
@@ -43,6 +44,7 @@ openrouter_account account_of(sql::statement& s) {
     a.attempts = s.int64(10);
     a.next_attempt_ms = s.optional_int64(11);
     a.created_at_ms = s.int64(12);
+    a.remaining_micros = s.optional_int64(13);
     return a;
 }
 
@@ -104,13 +106,13 @@ simple_outcome ledger::put_openrouter_account(const openrouter_account& account)
     if (row.created_at_ms == 0) row.created_at_ms = m.now();
     m.pending.statements.push_back([row](sql::database& db) {
         auto s = db.prepare("INSERT INTO openrouter_accounts (" TOLLGATE_ACCOUNT_COLUMNS
-                            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) "
+                            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) "
                             "ON CONFLICT (user_id) DO UPDATE SET label = excluded.label, status = excluded.status, "
                             "key_ciphertext = excluded.key_ciphertext, key_masked = excluded.key_masked, "
                             "openrouter_key_hash = excluded.openrouter_key_hash, limit_micros = excluded.limit_micros, "
                             "usage_micros = excluded.usage_micros, synced_at_ms = excluded.synced_at_ms, "
                             "last_error = excluded.last_error, attempts = excluded.attempts, "
-                            "next_attempt_ms = excluded.next_attempt_ms");
+                            "next_attempt_ms = excluded.next_attempt_ms, remaining_micros = excluded.remaining_micros");
         s->bind(1, row.user_id).bind(2, row.label).bind(3, row.status);
         if (row.sealed_key) {
             s->bind_blob(4, *row.sealed_key);
@@ -125,6 +127,37 @@ simple_outcome ledger::put_openrouter_account(const openrouter_account& account)
         }
         s->bind(7, row.limit_micros).bind(8, row.usage_micros).bind(9, row.synced_at_ms).bind(10, row.last_error);
         s->bind(11, row.attempts).bind(12, row.next_attempt_ms).bind(13, row.created_at_ms);
+        s->bind(14, row.remaining_micros);
+        s->run();
+    });
+    return {result::ok, m.stage()};
+}
+
+simple_outcome ledger::record_openrouter_sync(const openrouter_sync& sync) {
+    const auto money = [](const std::optional<std::int64_t>& v) { return !v || (*v >= 0 && *v <= max_amount_micros); };
+    if (sync.key_hash.empty() || sync.key_hash.size() > max_account_text || sync.last_error.size() > max_account_text ||
+        (sync.status != "active" && sync.status != "disabled") || !money(sync.limit_micros) ||
+        !money(sync.remaining_micros) || sync.usage_micros < 0 || sync.usage_micros > max_amount_micros) {
+        return {result::invalid_argument};
+    }
+    auto& m = *impl_;
+    std::unique_lock lock(m.mu, std::defer_lock);
+    if (!m.lock_for_change(lock)) return {result::storage_failed};
+    m.pending.statements.push_back([sync](sql::database& db) {
+        if (sync.failed) {
+            auto s = db.prepare(
+                "UPDATE openrouter_accounts SET last_error = ?3 WHERE user_id = ?1 AND openrouter_key_hash = ?2 "
+                "AND status <> 'deleted' AND status <> 'pending'");
+            s->bind(1, sync.user_id).bind(2, sync.key_hash).bind(3, sync.last_error);
+            s->run();
+            return;
+        }
+        auto s = db.prepare(
+            "UPDATE openrouter_accounts SET limit_micros = ?3, usage_micros = ?4, remaining_micros = ?5, status = ?6, "
+            "synced_at_ms = ?7, last_error = ?8 WHERE user_id = ?1 AND openrouter_key_hash = ?2 "
+            "AND status <> 'deleted' AND status <> 'pending'");
+        s->bind(1, sync.user_id).bind(2, sync.key_hash).bind(3, sync.limit_micros).bind(4, sync.usage_micros);
+        s->bind(5, sync.remaining_micros).bind(6, sync.status).bind(7, sync.synced_at_ms).bind(8, sync.last_error);
         s->run();
     });
     return {result::ok, m.stage()};
@@ -141,7 +174,14 @@ reseal_outcome ledger::reseal_all(
     for (;;) {
         flush();
         if (!m.lock_for_change(lock)) return {result::storage_failed};
-        if (m.pending.empty()) break;
+        // Nothing pending, and nothing the writer took and has not
+        // committed yet (it writes a batch after letting go of mu).
+        bool in_flight = false;
+        {
+            std::lock_guard durable(m.durable_mu);
+            in_flight = m.durable_seq + 1 < m.pending_seq;
+        }
+        if (m.pending.empty() && !in_flight) break;
         lock.unlock();
     }
     reseal_outcome out;

@@ -170,7 +170,7 @@ awaitable<void> patch_user(call& c) {
     }
     // A suspended user's keys and a new tier take effect at once.
     c.x.a.keys.invalidate_all();
-    if (tier) openrouter::follow_tier(c.x.a, c.x.w, user->id);
+    if (tier || status) openrouter::follow_user(c.x.a, c.x.w, user->id);
     const auto now = l.find_user(user->id);
     co_await answer_json(c, 200, user_json(l, now.value_or(*user), tier_of(l, user->id)));
 }

@@ -87,9 +87,7 @@ awaitable<void> delete_openrouter_account(call& c) {
 
 awaitable<void> rotate_master_key(call& c) {
     auto& a = c.x.a;
-    // One rotation at a time; the ledger serialises the commit itself.
-    static std::mutex rotating;
-    std::unique_lock lock(rotating, std::try_to_lock);
+    std::unique_lock lock(a.rotation_mu, std::try_to_lock);
     if (!lock.owns_lock()) {
         co_return co_await reply_error(c.x, 409, "rotation_in_progress", "A master key rotation is running");
     }

@@ -133,7 +133,7 @@ awaitable<void> switch_tier(call& c) {
         co_return;
     }
     c.x.a.keys.invalidate_all();  // the proxy admits by the new tier at once
-    if (out.kind == ledger::switch_kind::upgrade) openrouter::follow_tier(c.x.a, c.x.w, *user);
+    if (out.kind == ledger::switch_kind::upgrade) openrouter::follow_user(c.x.a, c.x.w, *user);
     const auto after = l.find_subscription(*user);
     co_await answer_json(c, 200,
                          fmt::format(R"({{"subscription":{},"change":"{}","granted_micros":{},"grant_id":{}}})",

@@ -84,6 +84,10 @@ struct app {
     // Users whose OpenRouter key is being provisioned or revoked now.
     std::mutex provisioning_mu;
     std::unordered_set<std::int64_t> provisioning_busy;
+    // Where the reconciliation's next pass starts (its loop's own state).
+    std::int64_t reconcile_cursor = 0;
+    // One master key rotation at a time.
+    std::mutex rotation_mu;
 
     std::atomic<bool> draining{false};  // shutting down: no new connections, no keep-alive
     std::atomic<bool> cut_off{false};   // the grace period is over: calls stop, no drains

@@ -77,9 +77,11 @@ std::optional<caller> key_cache::find(std::string_view secret) {
     }
     // The key provisioned for this user (issue #7) carries their managed
     // OpenRouter traffic; without one (not provisioned, pending, revoked)
-    // the platform key does.
+    // the platform key does. A key disabled at OpenRouter is still the
+    // one used (OpenRouter refuses it): falling back to the platform key
+    // would lift the key's safety limit.
     if (const auto account = ledger_.find_openrouter_account(key->user_id);
-        account && account->status == "active" && account->sealed_key) {
+        account && (account->status == "active" || account->status == "disabled") && account->sealed_key) {
         who.openrouter_key = secrets_.open_sealed(*account->sealed_key, owner_context(key->user_id)).value_or("");
     }
     std::lock_guard lock(mu_);

@@ -49,26 +49,49 @@ bool write_key_file(const std::string& path, const std::array<unsigned char, 32>
     return ok;
 }
 
-// A rotation that committed but did not rename: the database opens only
-// with `<file>.new`. One that did not commit: only with the old file.
-bool finish_interrupted_rotation(const std::string& key_file, ledger::ledger& l, std::string& error) {
-    const auto next_path = pending_path(key_file);
-    if (!exists(next_path)) return true;
+std::string previous_path(const std::string& key_file) {
+    return key_file + ".old";
+}
+
+// Whether the key file at `path` opens the database's sealed key-hashing key.
+bool opens(const std::string& path, const std::string& stored) {
+    if (!exists(path)) return false;
     std::string ignored;
-    const auto next = secrets::open(next_path, ignored);
+    const auto s = secrets::open(path, ignored);
+    return s && s->open_sealed(stored, std::string("setting:") + secrets::hash_key_setting).has_value();
+}
+
+bool take_over(const std::string& from, const std::string& key_file, const char* what, std::string& error) {
+    if (::rename(from.c_str(), key_file.c_str()) != 0) {
+        error = fmt::format("{}: {} cannot replace {}: {}", what, from, key_file, std::strerror(errno));
+        return false;
+    }
+    sync_directory_of(key_file);
+    fmt::print("tollgate: {}: {} replaced {}\n", what, from, key_file);
+    return true;
+}
+
+// A rotation cut short leaves the key file and the database out of step;
+// whichever key opens the database is the one:
+// - committed but not renamed: `<file>.new` opens it, and takes over;
+// - never committed: the key file opens it, and `<file>.new` goes;
+// - committed, renamed, and then lost by the database (a power cut
+//   before the commit reached the disk): `<file>.old`, kept by the
+//   rotation, opens it, and comes back.
+// Nothing is touched while the database cannot be read.
+bool finish_interrupted_rotation(const std::string& key_file, ledger::ledger& l, std::string& error) {
     const auto stored = l.setting(secrets::hash_key_setting);
-    const std::string context = std::string("setting:") + secrets::hash_key_setting;
-    if (next && stored && next->open_sealed(*stored, context)) {
-        if (::rename(next_path.c_str(), key_file.c_str()) != 0) {
-            error = fmt::format("a master key rotation was cut short and {} cannot replace {}: {}", next_path, key_file,
-                                std::strerror(errno));
-            return false;
-        }
-        sync_directory_of(key_file);
-        fmt::print("tollgate: finished a master key rotation cut short ({} replaced {})\n", next_path, key_file);
+    if (!stored) return true;  // a first start, or unreadable: nothing to decide on
+    const auto next_path = pending_path(key_file);
+    if (exists(next_path)) {
+        if (opens(next_path, *stored)) return take_over(next_path, key_file, "finished a master key rotation", error);
+        if (opens(key_file, *stored)) ::unlink(next_path.c_str());  // it never committed
         return true;
     }
-    ::unlink(next_path.c_str());  // the rotation never committed: the old key is still the one
+    const auto old_path = previous_path(key_file);
+    if (!opens(key_file, *stored) && opens(old_path, *stored)) {
+        return take_over(old_path, key_file, "the database predates the last master key rotation", error);
+    }
     return true;
 }
 
@@ -102,6 +125,7 @@ rotation rotate_master_key(const std::string& key_file, ledger::ledger& l, secre
     const bool written = write_key_file(next_path, master, out.error);
     sodium_memzero(master.data(), master.size());
     if (!written) return out;
+    sync_directory_of(next_path);
 
     const auto resealed = l.reseal_all([&](std::string_view blob, const std::string& context) {
         auto plain = live.open_sealed(blob, context);
@@ -121,6 +145,18 @@ rotation rotate_master_key(const std::string& key_file, ledger::ledger& l, secre
                 : fmt::format("the ledger could not commit the re-encrypted keys ({}); nothing was changed",
                               ledger::to_string(resealed.code));
         return out;
+    }
+    // The old key is kept beside it: should the database lose the commit
+    // (a power cut before it reached the disk), the next start goes back
+    // to it (finish_interrupted_rotation).
+    {
+        std::array<unsigned char, 32> previous{};
+        const int fd = ::open(key_file.c_str(), O_RDONLY | O_CLOEXEC);
+        const bool read = fd >= 0 && ::read(fd, previous.data(), previous.size()) == 32;
+        if (fd >= 0) ::close(fd);
+        std::string ignored;
+        if (read) (void)write_key_file(previous_path(key_file), previous, ignored);
+        sodium_memzero(previous.data(), previous.size());
     }
     if (::rename(next_path.c_str(), key_file.c_str()) != 0) {
         // Committed: the database now needs the new key, which is in

@@ -706,7 +706,9 @@ awaitable<void> metered_call(exchange& x, service kind) {
         co_return;
     }
 
-    if (!s.tgt.litellm) {
+    // (Not for BYOK calls: they are charged nothing, so there is nothing
+    // to correct, and their generations live in the user's own account.)
+    if (!s.tgt.litellm && !s.byok) {
         const auto id = parser.get()["x-generation-id"];
         if (!id.empty() && id.size() <= 256) s.generation_id = std::string(id);
     }

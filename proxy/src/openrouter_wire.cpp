@@ -71,6 +71,7 @@ bool read_key(value v, key_info& k, bool& complete) {
         if (key == "label") return read_string(fv, k.label);
         if (key == "disabled") return !fv.get_bool().get(k.disabled);
         if (key == "limit") return read_usd_micros(fv, k.limit_micros);
+        if (key == "limit_remaining") return read_usd_micros(fv, k.remaining_micros);
         if (key == "usage") {
             std::optional<std::int64_t> usage;
             if (!read_usd_micros(fv, usage)) return false;

@@ -17,8 +17,9 @@ struct key_info {
     std::string name;
     std::string label;  // OpenRouter's masked rendering
     bool disabled = false;
-    std::optional<std::int64_t> limit_micros;  // null: no limit
-    std::int64_t usage_micros = 0;
+    std::optional<std::int64_t> limit_micros;      // null: no limit
+    std::optional<std::int64_t> remaining_micros;  // of the limit's period (limit_remaining)
+    std::int64_t usage_micros = 0;                 // all-time
 };
 
 // `{"data": KeyObject}` (get, update) and `{"data": KeyObject, "key": "sk-or-…"}`

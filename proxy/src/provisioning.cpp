@@ -58,6 +58,7 @@ failure failure_of(const json_answer& got, int attempts) {
     auto said = error_message(got.answer->body);
     if (said.size() > 300) said.resize(300);
     const std::string detail = said.empty() ? "" : fmt::format(": {}", said);
+    const std::string times = attempts > 1 ? fmt::format(" {} times", attempts) : "";
     switch (f.status) {
         case 401:
             f.message = fmt::format(
@@ -69,10 +70,10 @@ failure failure_of(const json_answer& got, int attempts) {
         case 403: f.message = fmt::format("OpenRouter forbade it (403){}", detail); break;
         case 404: f.message = fmt::format("OpenRouter does not know this key (404){}", detail); break;
         case 429:
-            f.message = fmt::format("OpenRouter rate-limited the management API (429) {} times{}", attempts, detail);
+            f.message = fmt::format("OpenRouter rate-limited the management API (429){}{}", times, detail);
             break;
         default:
-            f.message = f.status >= 500 ? fmt::format("OpenRouter failed ({}) {} times{}", f.status, attempts, detail)
+            f.message = f.status >= 500 ? fmt::format("OpenRouter failed ({}){}{}", f.status, times, detail)
                                         : fmt::format("OpenRouter answered {}{}", f.status, detail);
     }
     return f;
@@ -85,7 +86,8 @@ struct management_answer {
 
 // One management call with retries: 429, 5xx and unreachable are tried
 // again with backoff (Retry-After when given); a call that may have taken
-// effect (`idempotent` false and bytes sent without an answer) is not.
+// effect (`idempotent` false: bytes sent without an answer, or a 5xx) is
+// not.
 awaitable<management_answer> call(app& a, worker& w, json_call request, bool idempotent) {
     management_answer out;
     auto ex = co_await asio::this_coro::executor;
@@ -96,7 +98,10 @@ awaitable<management_answer> call(app& a, worker& w, json_call request, bool ide
             out.ok = std::move(got.answer);
             co_return out;
         }
-        const bool again = got.answer ? retryable_status(got.answer->status) : (idempotent || !got.request_sent);
+        // A creation OpenRouter answered 5xx may have happened all the same:
+        // it is left to the pending retry, which cleans up first.
+        const bool again = got.answer ? (idempotent ? retryable_status(got.answer->status) : got.answer->status == 429)
+                                      : (idempotent || !got.request_sent);
         if (!again || attempt + 1 >= max_attempts || a.draining) {
             out.error = failure_of(got, attempt + 1);
             co_return out;
@@ -177,6 +182,7 @@ awaitable<account_result> failed(app& a, ledger::openrouter_account account, fai
 void apply(ledger::openrouter_account& account, const key_info& k, ledger::time_ms at) {
     account.key_hash = k.hash;
     account.limit_micros = k.limit_micros;
+    account.remaining_micros = k.remaining_micros;
     account.usage_micros = std::min(k.usage_micros, ledger::max_amount_micros);
     account.synced_at_ms = at;
     account.status = k.disabled ? "disabled" : "active";
@@ -238,15 +244,16 @@ awaitable<account_result> provision(app& a, worker& w, std::int64_t user_id) {
         std::size_t offset = 0;
         for (std::size_t pages = 0; pages < most_pages; ++pages) {
             json_call list{http::verb::get,
-                           management_target(a, fmt::format("/keys?include_disabled=true&offset={}", offset)), bearer,
+                           management_target(a, fmt::format("/keys?include_disabled=true&offset={}", offset)),
+                           bearer,
                            {}};
             auto listed = co_await call(a, w, list, true);
             if (!listed.ok) co_return co_await failed(a, account, listed.error, true);
             const auto keys = parse_key_list(listed.ok->body);
             if (!keys) {
-                co_return co_await failed(
-                    a, account, failure{failure::kind::upstream, 502, false, "OpenRouter's key list was not valid"},
-                    true);
+                // Named, not a temporary in the co_await (GCC 12: see metered_call.cpp).
+                const failure invalid{failure::kind::upstream, 502, false, "OpenRouter's key list was not valid"};
+                co_return co_await failed(a, account, invalid, true);
             }
             std::size_t removed = 0;
             for (const auto& k : *keys) {
@@ -269,10 +276,9 @@ awaitable<account_result> provision(app& a, worker& w, std::int64_t user_id) {
     if (!created.ok) co_return co_await failed(a, account, created.error, true);
     auto parsed = parse_created_key(created.ok->body);
     if (!parsed) {
-        co_return co_await failed(
-            a, account,
-            failure{failure::kind::upstream, 502, false, "OpenRouter's answer to the key creation was not valid"},
-            true);
+        const failure invalid{failure::kind::upstream, 502, false,
+                              "OpenRouter's answer to the key creation was not valid"};
+        co_return co_await failed(a, account, invalid, true);
     }
     account.sealed_key = a.keys_secret.seal(parsed->key, owner_context(user_id));
     account.key_masked = mask_key(parsed->key);
@@ -288,6 +294,39 @@ awaitable<account_result> provision(app& a, worker& w, std::int64_t user_id) {
     co_return out;
 }
 
+namespace {
+
+// Records what a sync learned, or why it failed, on the key it read (and
+// only if it is still that key: a revocation or a new key meanwhile wins).
+awaitable<account_result> record_sync(app& a, const ledger::openrouter_account& read, const key_info* info,
+                                      std::optional<failure> error) {
+    account_result out;
+    ledger::ledger::openrouter_sync sync;
+    sync.user_id = read.user_id;
+    sync.key_hash = read.key_hash;
+    sync.failed = error.has_value();
+    sync.last_error = error ? error->message : std::string();
+    if (info) {
+        sync.limit_micros = info->limit_micros;
+        sync.remaining_micros = info->remaining_micros;
+        sync.usage_micros = std::min(info->usage_micros, ledger::max_amount_micros);
+        sync.status = info->disabled ? "disabled" : "active";
+        sync.synced_at_ms = a.ledger.now_ms();
+    }
+    const auto staged = a.ledger.record_openrouter_sync(sync);
+    const bool stored = staged.code == ledger::result::ok && co_await durable(a, staged.seq);
+    a.keys.invalidate_all();
+    out.account = a.ledger.find_openrouter_account(read.user_id);
+    if (error) {
+        out.error = std::move(error);
+    } else if (!stored) {
+        out.error = failure{failure::kind::storage, 0, false, "The synced figures could not be stored"};
+    }
+    co_return out;
+}
+
+}  // namespace
+
 awaitable<account_result> sync(app& a, worker& w, std::int64_t user_id) {
     account_result out;
     auto found = a.ledger.find_openrouter_account(user_id);
@@ -295,30 +334,35 @@ awaitable<account_result> sync(app& a, worker& w, std::int64_t user_id) {
         out.account = found;
         co_return out;
     }
-    auto account = *found;
+    const auto account = *found;
     const std::string& bearer = a.settings.openrouter_provisioning_key;
     json_call get{http::verb::get, management_target(a, "/keys/" + encode(account.key_hash)), bearer, {}};
     auto got = co_await call(a, w, get, true);
-    if (!got.ok) co_return co_await failed(a, account, got.error, false);
+    if (!got.ok) co_return co_await record_sync(a, account, nullptr, got.error);
     auto info = parse_key_answer(got.ok->body);
-    if (!info)
-        co_return co_await failed(
-            a, account, failure{failure::kind::upstream, 502, false, "OpenRouter's key answer was not valid"}, false);
+    if (!info) {
+        const failure invalid{failure::kind::upstream, 502, false, "OpenRouter's key answer was not valid"};
+        co_return co_await record_sync(a, account, nullptr, invalid);
+    }
+    // The key follows the tier's limit, and the user's state: a suspended
+    // or deleted user's key is disabled, an active user's enabled again.
     const auto limit = key_limit_for(a, user_id);
-    if (limit && info->limit_micros != limit) {
+    const auto user = a.ledger.find_user(user_id);
+    const bool should_disable = user && user->status != "active";
+    std::string changes;
+    if (limit && info->limit_micros != limit) changes = limit_body(*limit);
+    if (user && info->disabled != should_disable) {
+        if (!changes.empty()) changes += ',';
+        changes += should_disable ? R"("disabled":true)" : R"("disabled":false)";
+    }
+    if (!changes.empty()) {
         json_call patch{http::verb::patch, management_target(a, "/keys/" + encode(account.key_hash)), bearer,
-                        fmt::format("{{{}}}", limit_body(*limit))};
+                        fmt::format("{{{}}}", changes)};
         auto patched = co_await call(a, w, patch, true);
-        if (!patched.ok) co_return co_await failed(a, account, patched.error, false);
+        if (!patched.ok) co_return co_await record_sync(a, account, nullptr, patched.error);
         if (auto after = parse_key_answer(patched.ok->body)) info = std::move(after);
     }
-    apply(account, *info, a.ledger.now_ms());
-    if (!co_await store(a, account)) {
-        out.error = failure{failure::kind::storage, 0, false, "The synced figures could not be stored"};
-        co_return out;
-    }
-    out.account = account;
-    co_return out;
+    co_return co_await record_sync(a, account, &*info, std::nullopt);
 }
 
 awaitable<account_result> revoke(app& a, worker& w, std::int64_t user_id) {
@@ -353,7 +397,7 @@ awaitable<account_result> revoke(app& a, worker& w, std::int64_t user_id) {
     co_return out;
 }
 
-void follow_tier(app& a, worker& w, std::int64_t user_id) {
+void follow_user(app& a, worker& w, std::int64_t user_id) {
     if (!provisioning_enabled(a)) return;
     asio::co_spawn(
         *w.io, [&a, &w, user_id]() -> awaitable<void> { (void)co_await sync(a, w, user_id); }, asio::detached);
@@ -366,15 +410,18 @@ awaitable<void> reconcile(app& a, worker& w) {
     const std::string& bearer =
         a.settings.openrouter_key.empty() ? a.settings.openrouter_provisioning_key : a.settings.openrouter_key;
     const auto now = a.ledger.now_ms();
+    // Round the queue from where the last pass stopped: calls OpenRouter
+    // cannot price yet do not hold back the ones after them.
     const auto due = a.ledger.usage_to_reconcile(now - reconcile_horizon_ms, now - a.settings.reconcile_after.count(),
-                                                 reconcile_batch);
+                                                 reconcile_batch, a.reconcile_cursor);
+    a.reconcile_cursor = due.size() < static_cast<std::size_t>(reconcile_batch) ? 0 : due.back().usage_event_id;
     for (const auto& e : due) {
         if (a.draining) co_return;
         json_call get{http::verb::get, management_target(a, "/generation?id=" + encode(e.generation_id)), bearer, {}};
         auto got = co_await call(a, w, get, true);
         if (!got.ok) continue;  // 404 until OpenRouter has it; tried again next time
         const auto g = parse_generation(got.ok->body);
-        if (!g) continue;
+        if (!g || g->is_byok) continue;  // a BYOK call is charged nothing: nothing to correct
         const auto sub = a.ledger.find_subscription(e.user_id);
         const auto policy = sub ? a.keys.policy(sub->tier) : std::nullopt;
         if (!policy) continue;
@@ -405,6 +452,8 @@ awaitable<void> maintain(app& a, worker& w, bool sync_due) {
         for (const auto& account : a.ledger.openrouter_accounts()) {
             if (a.draining) co_return;
             if (account.status == "pending" && account.next_attempt_ms.value_or(0) <= now) {
+                const auto user = a.ledger.find_user(account.user_id);
+                if (!user || user->status != "active") continue;  // provisioned if they come back
                 (void)co_await provision(a, w, account.user_id);
             } else if (sync_due && (account.status == "active" || account.status == "disabled")) {
                 (void)co_await sync(a, w, account.user_id);
@@ -415,8 +464,10 @@ awaitable<void> maintain(app& a, worker& w, bool sync_due) {
 }
 
 std::string account_json(const ledger::openrouter_account& account) {
+    // OpenRouter's own figure: the limit resets monthly, usage is all-time.
     const auto remaining =
-        account.limit_micros
+        account.remaining_micros ? fmt::format("{}", *account.remaining_micros)
+        : account.limit_micros
             ? fmt::format("{}", std::max<std::int64_t>(0, *account.limit_micros - account.usage_micros))
             : std::string("null");
     return fmt::format(

@@ -38,14 +38,15 @@ std::optional<std::int64_t> key_limit_for(app& a, std::int64_t user_id);
 // (same name), so a user never holds two.
 net::awaitable<account_result> provision(app& a, worker& w, std::int64_t user_id);
 // Reads usage, limit and state from OpenRouter; puts the limit right when
-// the tier changed.
+// the tier changed, and the key's state when the user's did.
 net::awaitable<account_result> sync(app& a, worker& w, std::int64_t user_id);
 // Deletes the key upstream (already gone counts as done) and forgets it.
 net::awaitable<account_result> revoke(app& a, worker& w, std::int64_t user_id);
-// After a tier change: the key's limit follows, in the background (a
-// failure waits for the next sync; a downgrade at a period's end is put
-// right by the periodic sync).
-void follow_tier(app& a, worker& w, std::int64_t user_id);
+// After a tier or status change: the key's limit follows the tier, and the
+// key is disabled while the user is suspended or deleted (enabled again
+// when they are active), in the background. A failure waits for the next
+// sync; a downgrade at a period's end is put right by the periodic sync.
+void follow_user(app& a, worker& w, std::int64_t user_id);
 
 // The periodic job: pending accounts whose retry is due, every account
 // when `sync_due`, and estimated calls OpenRouter can now price.

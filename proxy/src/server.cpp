@@ -227,12 +227,27 @@ awaitable<void> refresh_loop(app& a, std::shared_ptr<std::atomic<bool>> first_do
 }
 
 // Every maintenance interval (a minute by default): sweeps expired holds
-// (their calls died without settling), rolls the billing periods whose
+// (their calls died without settling) and rolls the billing periods whose
 // boundary has passed (each user's are also rolled whenever the ledger
 // looks at them, so a balance is never read stale; this keeps idle users'
-// history in step), retries pending OpenRouter provisioning, syncs every
-// key when a sync is due, and reconciles calls billed on an estimate.
+// history in step).
 awaitable<void> maintenance_loop(app& a) {
+    asio::steady_timer timer(*a.workers.front().io);
+    for (;;) {
+        timer.expires_after(a.settings.maintenance_interval);
+        beast::error_code ec;
+        co_await timer.async_wait(asio::redirect_error(use_awaitable, ec));
+        if (ec || a.draining) co_return;
+        a.ledger.expire_holds();
+        if (const auto rolled = a.ledger.roll_periods(); rolled.count > 0) a.keys.invalidate_all();
+    }
+}
+
+// OpenRouter's share of the maintenance, on its own loop so a slow or
+// failing OpenRouter never delays the hold sweep: pending provisioning
+// retried, every key synced when a sync is due, calls billed on an
+// estimate reconciled.
+awaitable<void> openrouter_loop(app& a) {
     auto& w = a.workers.front();
     asio::steady_timer timer(*w.io);
     auto last_sync = std::chrono::steady_clock::now();
@@ -241,8 +256,6 @@ awaitable<void> maintenance_loop(app& a) {
         beast::error_code ec;
         co_await timer.async_wait(asio::redirect_error(use_awaitable, ec));
         if (ec || a.draining) co_return;
-        a.ledger.expire_holds();
-        if (const auto rolled = a.ledger.roll_periods(); rolled.count > 0) a.keys.invalidate_all();
         const auto now = std::chrono::steady_clock::now();
         const bool sync_due = now - last_sync >= a.settings.openrouter_sync;
         if (sync_due) last_sync = now;
@@ -299,6 +312,7 @@ static int run_threads(app& a) {
     asio::co_spawn(io, listen(a, acceptor), asio::detached);
     asio::co_spawn(io, refresh_loop(a, first_refresh), asio::detached);
     asio::co_spawn(io, maintenance_loop(a), asio::detached);
+    asio::co_spawn(io, openrouter_loop(a), asio::detached);
 
     // Shutdown: stop accepting, let calls finish within the grace period,
     // then cut off the rest; each cut-off call settles or releases its hold.

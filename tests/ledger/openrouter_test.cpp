@@ -153,6 +153,67 @@ TEST_CASE("a provisioned account is kept whole per user and replaced by the next
     require_ledger_ok(*l);
 }
 
+TEST_CASE("a sync records its figures only on the key it read, never over a revocation or a new key",
+          "[openrouter]") {
+    temp_dir dir;
+    manual_clock clock;
+    auto l = open_ledger(dir.file("t.db"), clock);
+    const auto user = make_user(*l, "s@example.com");
+    ledger::openrouter_account account;
+    account.user_id = user;
+    account.label = "tollgate-user-1";
+    account.status = "active";
+    account.sealed_key = "sealed-new";
+    account.key_hash = "hash-1";
+    REQUIRE(l->put_openrouter_account(account).code == result::ok);
+
+    ledger::ledger::openrouter_sync sync;
+    sync.user_id = user;
+    sync.key_hash = "hash-1";
+    sync.limit_micros = 60'000'000;
+    sync.remaining_micros = 59'000'000;
+    sync.usage_micros = 3'000'000;
+    sync.status = "disabled";
+    sync.synced_at_ms = test_epoch_ms + 7;
+    auto out = l->record_openrouter_sync(sync);
+    REQUIRE(out.code == result::ok);
+    REQUIRE(l->wait_durable(out.seq));
+    auto found = l->find_openrouter_account(user);
+    CHECK(found->usage_micros == 3'000'000);
+    CHECK(found->remaining_micros == 59'000'000);
+    CHECK(found->status == "disabled");
+    CHECK(found->sealed_key == "sealed-new");  // never written by a sync
+
+    // A failed sync only records why.
+    sync.failed = true;
+    sync.last_error = "OpenRouter failed (500) 3 times";
+    sync.usage_micros = 9;
+    REQUIRE(l->wait_durable(l->record_openrouter_sync(sync).seq));
+    found = l->find_openrouter_account(user);
+    CHECK(found->last_error == sync.last_error);
+    CHECK(found->usage_micros == 3'000'000);
+
+    // Revoked meanwhile, or another key: the sync's figures are dropped.
+    account = *found;
+    account.status = "deleted";
+    account.sealed_key.reset();
+    REQUIRE(l->wait_durable(l->put_openrouter_account(account).seq));
+    sync.failed = false;
+    sync.status = "active";
+    REQUIRE(l->wait_durable(l->record_openrouter_sync(sync).seq));
+    CHECK(l->find_openrouter_account(user)->status == "deleted");
+    account.status = "active";
+    account.key_hash = "hash-2";
+    REQUIRE(l->wait_durable(l->put_openrouter_account(account).seq));
+    sync.usage_micros = 5;
+    REQUIRE(l->wait_durable(l->record_openrouter_sync(sync).seq));
+    CHECK(l->find_openrouter_account(user)->usage_micros == 3'000'000);
+
+    sync.status = "pending";
+    CHECK(l->record_openrouter_sync(sync).code == result::invalid_argument);
+    require_ledger_ok(*l);
+}
+
 TEST_CASE("reseal_all re-encrypts every sealed blob in one commit, or nothing", "[openrouter]") {
     temp_dir dir;
     manual_clock clock;
@@ -279,6 +340,34 @@ TEST_CASE("an estimated call is reconciled once, by reconcile rows, history unto
         for (const auto& p : report.problems) named = named || p.find("reconciled by 301") != std::string::npos;
         CHECK(named);
     }
+}
+
+TEST_CASE("a correction never gives back more than refunds left of the charge", "[openrouter]") {
+    temp_dir dir;
+    manual_clock clock;
+    auto l = open_ledger(dir.file("t.db"), clock);
+    const auto user = make_user(*l, "f@example.com");
+    const auto event = estimated_call(*l, user, "req-1", 1'000, "gen-1");
+    // An admin refunds 700 of the 1,000; OpenRouter then says the call cost 100.
+    const auto refund = l->refund({.user_id = user, .amount_micros = 700, .usage_event_id = event, .transaction_id = {},
+                                   .actor = "admin", .reason = "goodwill", .idempotency_key = {}});
+    REQUIRE(refund.code == result::ok);
+    const auto before = l->get_balance(user)->balance_micros;
+    const auto out = l->reconcile_usage(correction(user, event, "gen-1", 100));
+    REQUIRE(out.code == result::ok);
+    CHECK(out.delta_micros == -300);  // 1,000 charged - 700 refunded: 300 left to give back, not 900
+    CHECK(l->get_balance(user)->balance_micros == before + 300);
+    require_ledger_ok(*l);
+
+    // All of it refunded already: the correction moves nothing.
+    const auto second = estimated_call(*l, user, "req-2", 500, "gen-2");
+    REQUIRE(l->refund({.user_id = user, .amount_micros = 500, .usage_event_id = second, .transaction_id = {},
+                       .actor = "admin", .reason = "all", .idempotency_key = {}})
+                .code == result::ok);
+    const auto none = l->reconcile_usage(correction(user, second, "gen-2", 0));
+    REQUIRE(none.code == result::ok);
+    CHECK(none.delta_micros == 0);
+    require_ledger_ok(*l);
 }
 
 TEST_CASE("a correction beyond the grants becomes debt, paid first by the next grant", "[openrouter]") {

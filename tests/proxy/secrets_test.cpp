@@ -196,6 +196,22 @@ TEST_CASE("a rotation cut short is finished, or undone, at the next open") {
         CHECK_FALSE(std::filesystem::exists(key_file.string() + ".new"));
         CHECK(again.hash("tg_x") == hash_before);
     }
+    SECTION("committed and renamed, then lost by the database: the kept old key comes back") {
+        l.reset();  // closed: everything is in the database file
+        std::filesystem::copy_file(db, dir.path / "before.db");
+        l = open_db(db);
+        auto live = open_with(key_file, *l);
+        REQUIRE(proxy::rotate_master_key(key_file.string(), *l, live).ok);
+        REQUIRE(file_bytes(key_file) != old_key_bytes);
+        l.reset();
+        // As after a power cut that lost the re-encryption's commit.
+        for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(db.string() + suffix);
+        std::filesystem::copy_file(dir.path / "before.db", db);
+        l = open_db(db);
+        auto again = open_with(key_file, *l);
+        CHECK(file_bytes(key_file) == old_key_bytes);
+        CHECK(again.hash("tg_x") == hash_before);
+    }
     SECTION("never committed: the stray new file is removed, the old key stays") {
         {
             std::ofstream out(key_file.string() + ".new", std::ios::binary);

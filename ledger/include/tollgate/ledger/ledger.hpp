@@ -430,7 +430,8 @@ struct openrouter_account {
     std::string key_masked;  // at most the first 12 and the last 4 characters
     std::string key_hash;    // OpenRouter's id of the key
     std::optional<std::int64_t> limit_micros;
-    std::int64_t usage_micros = 0;
+    std::int64_t usage_micros = 0;                 // all-time, as OpenRouter counts it
+    std::optional<std::int64_t> remaining_micros;  // of this limit period (OpenRouter's limit_remaining)
     std::optional<time_ms> synced_at_ms;
     std::string last_error;  // the last failed attempt, for the operator; never a secret
     std::int64_t attempts = 0;
@@ -628,6 +629,22 @@ public:
     std::vector<openrouter_account> openrouter_accounts();  // by user id
     // Stores the whole row (insert or replace), staged with the next batch.
     simple_outcome put_openrouter_account(const openrouter_account& account);
+    // What a sync read, and only that: the figures, status and error of
+    // the account's key, if it is still the key named and not deleted (a
+    // sync never writes back a key a rotation or a revocation replaced).
+    // With `failed`, only last_error changes.
+    struct openrouter_sync {
+        std::int64_t user_id = 0;
+        std::string key_hash;
+        bool failed = false;
+        std::optional<std::int64_t> limit_micros;
+        std::int64_t usage_micros = 0;
+        std::optional<std::int64_t> remaining_micros;
+        std::string status = "active";  // active or disabled
+        time_ms synced_at_ms = 0;
+        std::string last_error;
+    };
+    simple_outcome record_openrouter_sync(const openrouter_sync& sync);
     // Re-encrypts every sealed blob in one commit: BYOK keys and provisioned
     // keys (context "user:<id>") and settings named "sealed.*" (context
     // "setting:<name>"). `reseal(blob, context)` gives the new blob, nullopt
@@ -678,8 +695,11 @@ public:
     // never add up to more than it.
     grant_outcome refund(const refund_request& request);
     // Calls billed on an estimate with an upstream id and no correction yet,
-    // created in [created_after, created_before), oldest first.
-    std::vector<estimated_usage> usage_to_reconcile(time_ms created_after, time_ms created_before, int limit);
+    // created in [created_after, created_before), by id from `after_id`
+    // (a caller that cannot correct some yet passes the last id it saw, so
+    // those do not hold back the rest).
+    std::vector<estimated_usage> usage_to_reconcile(time_ms created_after, time_ms created_before, int limit,
+                                                    std::int64_t after_id = 0);
     // Posts the correction of one estimated call, once: more charged (drawn
     // like a charge, debt beyond the grants) or some given back (a refund
     // grant), as 'reconcile' transactions; its rollup follows.

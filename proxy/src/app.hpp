@@ -81,6 +81,7 @@ struct app {
     catalog_holder catalog;
     std::unique_ptr<net::asio::ssl::context> tls;
     std::string admin_token_hash;
+    std::string openrouter_key_prefix;  // provisioned keys are named "<prefix>-user-<id>"
     // Users whose OpenRouter key is being provisioned or revoked now.
     std::mutex provisioning_mu;
     std::unordered_set<std::int64_t> provisioning_busy;

@@ -29,8 +29,11 @@ constexpr ledger::time_ms longest_retry_ms = 3'600'000;
 constexpr ledger::time_ms reconcile_horizon_ms = 24 * 3'600'000;
 constexpr int reconcile_batch = 50;
 
-std::string key_name(std::int64_t user_id) {
-    return fmt::format("tollgate-user-{}", user_id);
+// Named "<this database's prefix>-user-<id>": the clean-up before a retry
+// deletes keys by name, and another tollgate sharing the OpenRouter account
+// (a staging copy) must never match one of ours.
+std::string key_name(const app& a, std::int64_t user_id) {
+    return fmt::format("{}-user-{}", a.openrouter_key_prefix, user_id);
 }
 
 bool retryable_status(unsigned status) {
@@ -160,7 +163,7 @@ ledger::openrouter_account current_or_new(app& a, std::int64_t user_id) {
     if (auto found = a.ledger.find_openrouter_account(user_id)) return *found;
     ledger::openrouter_account fresh;
     fresh.user_id = user_id;
-    fresh.label = key_name(user_id);
+    fresh.label = key_name(a, user_id);
     fresh.created_at_ms = a.ledger.now_ms();
     return fresh;
 }
@@ -195,6 +198,17 @@ std::string limit_body(std::optional<std::int64_t> limit) {
 
 }  // namespace
 
+std::string key_name_prefix(ledger::ledger& l) {
+    constexpr const char* setting = "openrouter_key_prefix";
+    if (auto stored = l.setting(setting)) return *stored;
+    unsigned char tag[4];
+    randombytes_buf(tag, sizeof tag);
+    const auto prefix = fmt::format("tollgate-{:02x}{:02x}{:02x}{:02x}", tag[0], tag[1], tag[2], tag[3]);
+    const auto out = l.put_setting(setting, prefix);
+    if (out.code != ledger::result::ok || !l.wait_durable(out.seq)) return {};
+    return prefix;
+}
+
 bool provisioning_enabled(const app& a) {
     return !a.settings.openrouter_provisioning_key.empty();
 }
@@ -227,7 +241,7 @@ awaitable<account_result> provision(app& a, worker& w, std::int64_t user_id) {
     }
     // A new key: nothing of a revoked one may show beside it.
     account.status = "pending";
-    account.label = key_name(user_id);
+    account.label = key_name(a, user_id);
     account.sealed_key.reset();
     account.key_masked.clear();
     account.key_hash.clear();

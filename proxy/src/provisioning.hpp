@@ -28,6 +28,10 @@ struct account_result {
 
 bool provisioning_enabled(const app& a);
 
+// This database's prefix of its keys' names ("tollgate-1a2b3c4d"), made
+// once and kept in the settings; empty when it cannot be stored.
+std::string key_name_prefix(ledger::ledger& l);
+
 // The key's safety limit (SPEC 7): twice the monthly credits of the user's
 // tier, reset monthly.
 std::optional<std::int64_t> key_limit_for(app& a, std::int64_t user_id);

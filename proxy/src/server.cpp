@@ -402,6 +402,11 @@ int serve(const config& settings) {
         fmt::print(stderr, "tollgate: could not store the admin token\n");
         return 1;
     }
+    a.openrouter_key_prefix = openrouter::key_name_prefix(l);
+    if (a.openrouter_key_prefix.empty()) {
+        fmt::print(stderr, "tollgate: could not store the OpenRouter key name prefix\n");
+        return 1;
+    }
     for (unsigned i = 0; i < settings.io_threads; ++i) {
         worker w;
         w.io = std::make_unique<asio::io_context>(1);

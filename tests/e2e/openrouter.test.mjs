@@ -116,8 +116,19 @@ async function createUser(s, tier = 'starter') {
   const r = expectStatus(await api(s, 'POST', '/users', { body: { email, tier } }), 201, `POST /users (${tier})`);
   assert.ok(/^tg_/.test(r.json?.api_key ?? ''), `POST /users: expected api_key tg_…, got ${r.text}`);
   const user = { id: r.json.user.id, apiKey: r.json.api_key, tier, email, openrouter: r.json.openrouter };
+  // The stack's key name prefix ("tollgate-<8 hex>"), as its first key shows it.
+  const label = /^(tollgate-[0-9a-f]{8})-user-\d+$/.exec(r.json.openrouter?.label ?? '');
+  assert.ok(label, `POST /users: expected openrouter.label tollgate-<8 hex>-user-<id>, got ${r.text}`);
+  assert.ok(s.keyPrefix === undefined || s.keyPrefix === label[1], `the key name prefix changed: ${s.keyPrefix} then ${label[1]}`);
+  s.keyPrefix = label[1];
   if (s === main) mainUsers.push(user);
   return user;
+}
+
+// The name tollgate gives a user's key at OpenRouter.
+function keyName(s, userId) {
+  assert.ok(s.keyPrefix, 'no user created on this stack yet: its key name prefix is unknown');
+  return `${s.keyPrefix}-user-${userId}`;
 }
 
 async function account(s, userId) {
@@ -216,8 +227,8 @@ async function mockKeysNamed(s, name) {
 }
 
 async function onlyMockKey(s, userId, what) {
-  const keys = await mockKeysNamed(s, `tollgate-user-${userId}`);
-  assert.equal(keys.length, 1, `${what}: expected exactly one key named tollgate-user-${userId} at the mock, got ${keys.length}: ${JSON.stringify(keys)}`);
+  const keys = await mockKeysNamed(s, keyName(s, userId));
+  assert.equal(keys.length, 1, `${what}: expected exactly one key named ${keyName(s, userId)} at the mock, got ${keys.length}: ${JSON.stringify(keys)}`);
   return keys[0];
 }
 
@@ -321,7 +332,7 @@ describe('OpenRouter provisioning (main stack)', () => {
         assert.ok(o && typeof o === 'object', `${what}: expected an openrouter object, got ${JSON.stringify(o)}`);
         assert.equal(o.user_id, user.id, `${what}: openrouter.user_id`);
         assert.equal(o.status, 'active', `${what}: expected openrouter.status active, got ${JSON.stringify(o)}`);
-        assert.equal(o.label, `tollgate-user-${user.id}`, `${what}: openrouter.label`);
+        assert.equal(o.label, keyName(main, user.id), `${what}: openrouter.label`);
         assert.equal(o.last_error, null, `${what}: expected last_error null, got ${JSON.stringify(o)}`);
         assert.match(o.key_hash ?? '', /^[0-9a-f]{64}$/, `${what}: expected OpenRouter's 64-hex key_hash, got ${JSON.stringify(o)}`);
         const limit = 2n * await monthlyCredits(main, tier);
@@ -381,8 +392,8 @@ describe('OpenRouter provisioning (main stack)', () => {
 
       // The key whose usage grew is alice's, by the exact cost of the call.
       const keys = await mockKeys(main);
-      const mine = keys.find((k) => k.name === `tollgate-user-${alice.id}`);
-      const bobs = keys.find((k) => k.name === `tollgate-user-${bob.id}`);
+      const mine = keys.find((k) => k.name === keyName(main, alice.id));
+      const bobs = keys.find((k) => k.name === keyName(main, bob.id));
       assert.equal(mine.hash, alice.openrouter.key_hash, 'alice\'s key at the mock has another hash');
       assert.equal(usdToPico(mine.usageText), reportedPico(usage, 'alice\'s call'),
         `alice's key usage at the mock (${mine.usageText} USD) is not the call's usage.cost`);
@@ -400,7 +411,7 @@ describe('OpenRouter provisioning (main stack)', () => {
       const r = expectStatus(await api(main, 'DELETE', `/openrouter/account?user_id=${bob.id}`), 200, 'DELETE /openrouter/account');
       assert.equal(r.json.status, 'deleted', `DELETE /openrouter/account: expected status deleted, got ${r.text}`);
       assert.equal((await account(main, bob.id)).status, 'deleted', 'GET /openrouter/account after the revocation');
-      assert.deepEqual(await mockKeysNamed(main, `tollgate-user-${bob.id}`), [], 'the revoked key is still at the mock');
+      assert.deepEqual(await mockKeysNamed(main, keyName(main, bob.id)), [], 'the revoked key is still at the mock');
 
       await chat(main, bob);
       assert.equal(await lastUpstreamKey(main), PLATFORM_KEY, 'a revoked user\'s call did not go out with the platform key');
@@ -470,11 +481,11 @@ describe('OpenRouter provisioning (main stack)', () => {
           // Tried again without the fault: done (a key already gone counts as deleted).
           const ok = expectStatus(await api(main, 'DELETE', `/openrouter/account?user_id=${u.id}`), 200, 'DELETE after the fault');
           assert.equal(ok.json.status, 'deleted', ok.text);
-          assert.deepEqual(await mockKeysNamed(main, `tollgate-user-${u.id}`), [], 'the key is still at the mock after the revocation');
+          assert.deepEqual(await mockKeysNamed(main, keyName(main, u.id)), [], 'the key is still at the mock after the revocation');
         },
         async afterSuccess(u, r) {
           assert.equal(r.json.status, 'deleted', `DELETE: ${r.text}`);
-          assert.deepEqual(await mockKeysNamed(main, `tollgate-user-${u.id}`), [], 'the key is still at the mock after the revocation');
+          assert.deepEqual(await mockKeysNamed(main, keyName(main, u.id)), [], 'the key is still at the mock after the revocation');
         },
       },
       {
@@ -494,7 +505,7 @@ describe('OpenRouter provisioning (main stack)', () => {
           if (fault === 'slow') {
             // The mock made the key after tollgate gave up: wait for it, so
             // the retry below has something to clean up.
-            const orphan = await pollUntil(async () => (await mockKeysNamed(main, `tollgate-user-${u.id}`)).length === 1, POLL);
+            const orphan = await pollUntil(async () => (await mockKeysNamed(main, keyName(main, u.id))).length === 1, POLL);
             assert.ok(orphan, 'slow POST /keys: the mock never made the key');
           }
           // The retry (an admin's, as the maintenance job's would be) ends
@@ -575,7 +586,7 @@ describe('OpenRouter provisioning (main stack)', () => {
       const a = await account(main, user.id);
       assert.equal(a.status, 'pending', `GET /openrouter/account: ${JSON.stringify(a)}`);
       assert.equal(a.last_error, o.last_error, `GET /openrouter/account: last_error ${JSON.stringify(a)}`);
-      assert.deepEqual(await mockKeysNamed(main, `tollgate-user-${user.id}`), [], 'a failed creation left a key at the mock');
+      assert.deepEqual(await mockKeysNamed(main, keyName(main, user.id)), [], 'a failed creation left a key at the mock');
       // Syncing a pending key has nothing to read.
       const synced = expectStatus(await api(main, 'POST', '/openrouter/sync-balance', { token: user.apiKey }), 200, 'sync of a pending key');
       assert.equal(synced.json.status, 'pending', synced.text);
@@ -626,7 +637,7 @@ describe('OpenRouter provisioning (main stack)', () => {
       await clearFaults(main);
       assert.equal(user.openrouter?.status, 'pending', `POST /users with a reset: ${JSON.stringify(user.openrouter)}`);
       assert.ok(user.openrouter.last_error, `POST /users with a reset: expected last_error, got ${JSON.stringify(user.openrouter)}`);
-      assert.deepEqual(await mockKeysNamed(main, `tollgate-user-${user.id}`), [], 'the mock\'s reset made a key');
+      assert.deepEqual(await mockKeysNamed(main, keyName(main, user.id)), [], 'the mock\'s reset made a key');
       expectStatus(await api(main, 'POST', '/openrouter/create-account', { body: { user_id: user.id } }), 201, 'create-account after the reset');
       await onlyMockKey(main, user.id, 'create-account after the reset');
     });
@@ -637,7 +648,7 @@ describe('OpenRouter provisioning (main stack)', () => {
       assert.equal(await pendingFaults(main), 0, 'the slow fault was not taken');
       assert.equal(user.openrouter?.status, 'pending', `POST /users with a slow OpenRouter: ${JSON.stringify(user.openrouter)}`);
       assert.match(user.openrouter.last_error ?? '', /in time/, `POST /users with a slow OpenRouter: ${JSON.stringify(user.openrouter)}`);
-      const orphan = await pollUntil(async () => (await mockKeysNamed(main, `tollgate-user-${user.id}`))[0], POLL);
+      const orphan = await pollUntil(async () => (await mockKeysNamed(main, keyName(main, user.id)))[0], POLL);
       assert.ok(orphan, 'the mock never made the key whose answer tollgate gave up on');
       const r = expectStatus(await api(main, 'POST', '/openrouter/create-account', { body: { user_id: user.id } }), 201, 'create-account after the lost answer');
       const k = await onlyMockKey(main, user.id, 'create-account after the lost answer');
@@ -675,11 +686,11 @@ describe('OpenRouter provisioning (main stack)', () => {
       await armFault(main, 'slow', 1, MANAGEMENT_TIMEOUT_MS + 500);
       const user = await createUser(main, 'starter');
       assert.equal(user.openrouter?.status, 'pending', `POST /users with a slow OpenRouter: ${JSON.stringify(user.openrouter)}`);
-      const orphan = await pollUntil(async () => (await mockKeysNamed(main, `tollgate-user-${user.id}`))[0], POLL);
+      const orphan = await pollUntil(async () => (await mockKeysNamed(main, keyName(main, user.id)))[0], POLL);
       assert.ok(orphan, 'the mock never made the key whose answer tollgate gave up on');
       assert.ok((await mockKeys(main)).findIndex((k) => k.hash === orphan.hash) >= 100, 'the orphan is not past the first page');
       const r = expectStatus(await api(main, 'POST', '/openrouter/create-account', { body: { user_id: user.id } }), 201, 'create-account after the lost answer');
-      const keys = await mockKeysNamed(main, `tollgate-user-${user.id}`);
+      const keys = await mockKeysNamed(main, keyName(main, user.id));
       assert.equal(keys.length, 1,
         `the orphan key on page 2 of GET /keys survived the retry: user ${user.id} now holds ${keys.length} keys at OpenRouter ` +
         `(${keys.map((k) => k.hash.slice(0, 8)).join(', ')}; tollgate keeps ${r.json.key_hash.slice(0, 8)}). ` +
@@ -724,11 +735,11 @@ describe('OpenRouter provisioning (main stack)', () => {
         expectStatus(await api(main, 'PATCH', `/users/${user.id}`, { body: { tier } }), 200, `PATCH /users/{id} {tier: ${tier}}`);
         const limit = 2n * await monthlyCredits(main, tier);
         const k = await pollUntil(async () => {
-          const found = (await mockKeysNamed(main, `tollgate-user-${user.id}`))[0];
+          const found = (await mockKeysNamed(main, keyName(main, user.id)))[0];
           return found && usdTextToMicros(found.limitText) === limit ? found : undefined;
         }, POLL);
         assert.ok(k, `after the change to ${tier}: the key limit at the mock did not become ${limit} micros within ${POLL.timeoutMs} ms ` +
-          `(it is ${JSON.stringify((await mockKeysNamed(main, `tollgate-user-${user.id}`))[0]?.limitText)} USD)`);
+          `(it is ${JSON.stringify((await mockKeysNamed(main, keyName(main, user.id)))[0]?.limitText)} USD)`);
         assert.equal(k.limit_reset, 'monthly', JSON.stringify(k));
         const a = await pollUntil(async () => {
           const got = await account(main, user.id);
@@ -739,12 +750,34 @@ describe('OpenRouter provisioning (main stack)', () => {
       assertLedgerOk(await main.checkLedger(), 'after tier changes');
     });
 
+    it('the clean-up before a retry spares a key another tollgate named for a user of the same id', async () => {
+      const user = await createUser(main, 'starter');
+      expectStatus(await api(main, 'DELETE', `/openrouter/account?user_id=${user.id}`), 200, 'revoke');
+      await armFault(main, '500', 1);
+      expectStatus(await api(main, 'POST', '/openrouter/create-account', { body: { user_id: user.id } }), 502,
+        'create-account with a 500', 'upstream_error');
+      assert.equal(await pendingFaults(main), 0, 'the creation did not take its fault');
+      // Another deployment (a staging copy) sharing the OpenRouter account.
+      const foreignName = `tollgate-00000000-user-${user.id}`;
+      assert.notEqual(foreignName, keyName(main, user.id), 'the stack happens to use the foreign prefix');
+      const res = await httpFetch(`${main.mockUrl}/api/v1/keys`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${MANAGEMENT_KEY}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ name: foreignName, limit: 1 }),
+      });
+      assert.equal(res.status, 201, `mock POST /api/v1/keys: ${await res.text()}`);
+      const r = expectStatus(await api(main, 'POST', '/openrouter/create-account', { body: { user_id: user.id } }), 201,
+        'create-account after the failure (a retry: it cleans up first)');
+      assert.equal((await onlyMockKey(main, user.id, 'after the retry')).hash, r.json.key_hash);
+      assert.equal((await mockKeysNamed(main, foreignName)).length, 1, 'the retry deleted the other deployment\'s key');
+    });
+
     it('a suspended user\'s key is disabled at OpenRouter, and enabled again when the user is active', async () => {
       const user = await createUser(main, 'starter');
       for (const [status, disabled] of [['suspended', true], ['active', false], ['deleted', true]]) {
         expectStatus(await api(main, 'PATCH', `/users/${user.id}`, { body: { status } }), 200, `PATCH /users/{id} {status: ${status}}`);
         const k = await pollUntil(async () => {
-          const found = (await mockKeysNamed(main, `tollgate-user-${user.id}`))[0];
+          const found = (await mockKeysNamed(main, keyName(main, user.id)))[0];
           return found && found.disabled === disabled ? found : undefined;
         }, POLL);
         assert.ok(k, `after status ${status}: the key at the mock did not become disabled=${disabled} within ${POLL.timeoutMs} ms`);
@@ -759,7 +792,7 @@ describe('OpenRouter provisioning (main stack)', () => {
     it('an upgrade through tiers/switch: the key limit follows at once; a user\'s own downgrade waits for the period end', async () => {
       const user = await createUser(main, 'starter');
       const waitForLimit = async (limit) => pollUntil(async () => {
-        const found = (await mockKeysNamed(main, `tollgate-user-${user.id}`))[0];
+        const found = (await mockKeysNamed(main, keyName(main, user.id)))[0];
         return found && usdTextToMicros(found.limitText) === limit ? found : undefined;
       }, POLL);
       expectStatus(await api(main, 'POST', '/tiers/switch', { body: { user_id: user.id, tier: 'enterprise' } }), 200, 'tiers/switch → enterprise (admin)');

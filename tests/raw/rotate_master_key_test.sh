@@ -26,6 +26,7 @@ chat() {  # chat KEY: one call; prints the Authorization tollgate sent upstream
 managed="$(api POST /users '{"email":"m@example.com","tier":"starter"}')"
 managed_key="$(echo "$managed" | jq -r .api_key)"
 masked="$(echo "$managed" | jq -r .openrouter.key_masked)"
+label="$(echo "$managed" | jq -r .openrouter.label)"
 byok_user="$(api POST /users '{"email":"b@example.com","tier":"professional"}')"
 byok_id="$(echo "$byok_user" | jq -r .user.id)"
 byok_key="$(echo "$byok_user" | jq -r .api_key)"
@@ -60,8 +61,12 @@ start_tollgate tg2 "${provisioning[@]}"
 check "after the restart the same tollgate key authenticates and the same provisioned key goes upstream" $?
 [ "$(chat "$byok_key")" = "Bearer $byok_secret" ]
 check "the BYOK key opens under the new master key" $?
-[ "$(api GET /openrouter/account "" "$managed_key" | jq -r .status)" = active ]
-check "the account reads as before" $?
+after="$(api GET /openrouter/account "" "$managed_key")"
+[ "$(echo "$after" | jq -r .status)" = active ] && [ "$(echo "$after" | jq -r .label)" = "$label" ]
+check "the account reads as before ($label)" $?
+second="$(api POST /users '{"email":"n@example.com","tier":"free"}' | jq -r .openrouter.label)"
+[ "${second%-user-*}" = "${label%-user-*}" ] && echo "$label" | grep -Eq '^tollgate-[0-9a-f]{8}-user-[0-9]+$'
+check "the database keeps its key name prefix across restarts (${second%-user-*})" $?
 
 stop_tollgate
 provisioned="${before#Bearer }"

@@ -72,9 +72,7 @@ failure failure_of(const json_answer& got, int attempts) {
         case 402: f.message = fmt::format("OpenRouter's account is out of credits (402){}", detail); break;
         case 403: f.message = fmt::format("OpenRouter forbade it (403){}", detail); break;
         case 404: f.message = fmt::format("OpenRouter does not know this key (404){}", detail); break;
-        case 429:
-            f.message = fmt::format("OpenRouter rate-limited the management API (429){}{}", times, detail);
-            break;
+        case 429: f.message = fmt::format("OpenRouter rate-limited the management API (429){}{}", times, detail); break;
         default:
             f.message = f.status >= 500 ? fmt::format("OpenRouter failed ({}){}{}", f.status, times, detail)
                                         : fmt::format("OpenRouter answered {}{}", f.status, detail);

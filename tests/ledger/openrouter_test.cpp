@@ -2,11 +2,11 @@
 // every sealed blob at once (master key rotation), and the reconciliation
 // of calls billed on an estimate. Each scenario ends with the conservation
 // check, which also proves the corrections add up.
-#include "test_support.hpp"
-
 #include <sqlite3.h>
 
 #include <set>
+
+#include "test_support.hpp"
 
 using namespace tollgate;
 using namespace tollgate::testing;
@@ -21,9 +21,8 @@ std::int64_t make_user(ledger::ledger& l, const std::string& email, const std::s
 }
 
 // A metered call billed on an estimate (its stream broke before usage came).
-std::int64_t estimated_call(ledger::ledger& l, std::int64_t user, const std::string& request_id,
-                            std::int64_t charged, const std::string& generation_id,
-                            const std::string& price_source = "estimated") {
+std::int64_t estimated_call(ledger::ledger& l, std::int64_t user, const std::string& request_id, std::int64_t charged,
+                            const std::string& generation_id, const std::string& price_source = "estimated") {
     const auto hold = l.reserve(user, 1'000'000, request_id);
     REQUIRE(hold.code == result::ok);
     ledger::usage_event ev;
@@ -153,8 +152,7 @@ TEST_CASE("a provisioned account is kept whole per user and replaced by the next
     require_ledger_ok(*l);
 }
 
-TEST_CASE("a sync records its figures only on the key it read, never over a revocation or a new key",
-          "[openrouter]") {
+TEST_CASE("a sync records its figures only on the key it read, never over a revocation or a new key", "[openrouter]") {
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
@@ -222,8 +220,13 @@ TEST_CASE("reseal_all re-encrypts every sealed blob in one commit, or nothing", 
     const auto pro = make_user(*l, "pro@example.com", "professional");
     const auto starter = make_user(*l, "s@example.com");
     // A BYOK key (stored with its switch) and a provisioned key.
-    ledger::switch_request byok{.user_id = pro, .tier = "professional", .option = "byok", .may_upgrade = false,
-                                .sealed_byok_key = std::string("old:byok"), .actor = "test", .idempotency_key = {}};
+    ledger::switch_request byok{.user_id = pro,
+                                .tier = "professional",
+                                .option = "byok",
+                                .may_upgrade = false,
+                                .sealed_byok_key = std::string("old:byok"),
+                                .actor = "test",
+                                .idempotency_key = {}};
     REQUIRE(l->switch_tier(byok).code == result::ok);
     ledger::openrouter_account account;
     account.user_id = starter;
@@ -290,7 +293,7 @@ TEST_CASE("an estimated call is reconciled once, by reconcile rows, history unto
     const auto due = l->usage_to_reconcile(test_epoch_ms - 1, test_epoch_ms + 10'000, 50);
     std::set<std::int64_t> ids;
     for (const auto& e : due) ids.insert(e.usage_event_id);
-    CHECK(ids == std::set<std::int64_t>{under, over, exact});  // not the call the upstream priced
+    CHECK(ids == std::set<std::int64_t>{under, over, exact});                    // not the call the upstream priced
     CHECK(l->usage_to_reconcile(test_epoch_ms - 1, test_epoch_ms, 50).empty());  // the window's end is exclusive
 
     // Charged too little: 300 more, drawn like a charge.
@@ -349,8 +352,13 @@ TEST_CASE("a correction never gives back more than refunds left of the charge", 
     const auto user = make_user(*l, "f@example.com");
     const auto event = estimated_call(*l, user, "req-1", 1'000, "gen-1");
     // An admin refunds 700 of the 1,000; OpenRouter then says the call cost 100.
-    const auto refund = l->refund({.user_id = user, .amount_micros = 700, .usage_event_id = event, .transaction_id = {},
-                                   .actor = "admin", .reason = "goodwill", .idempotency_key = {}});
+    const auto refund = l->refund({.user_id = user,
+                                   .amount_micros = 700,
+                                   .usage_event_id = event,
+                                   .transaction_id = {},
+                                   .actor = "admin",
+                                   .reason = "goodwill",
+                                   .idempotency_key = {}});
     REQUIRE(refund.code == result::ok);
     const auto before = l->get_balance(user)->balance_micros;
     const auto out = l->reconcile_usage(correction(user, event, "gen-1", 100));
@@ -361,8 +369,13 @@ TEST_CASE("a correction never gives back more than refunds left of the charge", 
 
     // All of it refunded already: the correction moves nothing.
     const auto second = estimated_call(*l, user, "req-2", 500, "gen-2");
-    REQUIRE(l->refund({.user_id = user, .amount_micros = 500, .usage_event_id = second, .transaction_id = {},
-                       .actor = "admin", .reason = "all", .idempotency_key = {}})
+    REQUIRE(l->refund({.user_id = user,
+                       .amount_micros = 500,
+                       .usage_event_id = second,
+                       .transaction_id = {},
+                       .actor = "admin",
+                       .reason = "all",
+                       .idempotency_key = {}})
                 .code == result::ok);
     const auto none = l->reconcile_usage(correction(user, second, "gen-2", 0));
     REQUIRE(none.code == result::ok);

@@ -18,7 +18,9 @@ constexpr const char* key_object =
     R"("created_at":"2025-08-24T10:30:00Z","updated_at":null,"expires_at":null,"creator_user_id":"user_1",)"
     R"("workspace_id":"0b7d"})";
 
-std::string wrap(const std::string& inner) { return R"({"data":)" + inner + "}"; }
+std::string wrap(const std::string& inner) {
+    return R"({"data":)" + inner + "}";
+}
 
 }  // namespace
 
@@ -47,12 +49,13 @@ TEST_CASE("a KeyObject's figures are read exactly") {
 }
 
 TEST_CASE("a created key carries the key string, once") {
-    const auto c = parse_created_key(R"({"data":)" + std::string(key_object) +
-                                     R"(,"key":"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"})");
+    const auto c =
+        parse_created_key(R"({"data":)" + std::string(key_object) +
+                          R"(,"key":"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"})");
     REQUIRE(c);
     CHECK(c->key.starts_with("sk-or-v1-"));
     CHECK(c->info.limit_micros == 100'000'000);
-    CHECK_FALSE(parse_created_key(wrap(key_object)));  // no key: not a creation answer
+    CHECK_FALSE(parse_created_key(wrap(key_object)));                       // no key: not a creation answer
     CHECK_FALSE(parse_created_key(R"({"data":{"name":"x"},"key":"sk"})"));  // no hash
 }
 

@@ -34,12 +34,6 @@ std::string error_json(std::string_view message, std::string_view type, std::str
                        type, code, param.empty() ? std::string("null") : "\"" + json_escape(param) + "\"");
 }
 
-std::string usd_text(std::int64_t micros) {
-    const bool negative = micros < 0;
-    const auto magnitude = negative ? -static_cast<unsigned long long>(micros) : static_cast<unsigned long long>(micros);
-    return fmt::format("{}{}.{:06}", negative ? "-" : "", magnitude / 1'000'000, magnitude % 1'000'000);
-}
-
 namespace {
 
 std::string_view error_type(unsigned status) {

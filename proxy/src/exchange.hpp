@@ -1,14 +1,15 @@
 // One request on a client connection, and the ways to answer it.
 #pragma once
 
-#include "app.hpp"
-#include "lazy_deadline.hpp"
-#include "tollgate/proxy/asio.hpp"
-
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
+
+#include "app.hpp"
+#include "lazy_deadline.hpp"
+#include "tollgate/proxy/asio.hpp"
+#include "tollgate/proxy/wire.hpp"
 
 namespace tollgate::proxy {
 
@@ -35,7 +36,7 @@ struct exchange {
     std::string request_id;
     bool keep_alive = true;
     route_label route = route_label::other;
-    unsigned status = 0;  // what was answered (for /metrics)
+    unsigned status = 0;                // what was answered (for /metrics)
     upstream_conn* upstream = nullptr;  // while one is lent: closed by a shutdown cut-off
 };
 
@@ -43,8 +44,6 @@ struct exchange {
 std::string error_json(std::string_view message, std::string_view type, std::string_view code,
                        std::string_view param = {});
 std::string json_escape(std::string_view text);
-// "12.345678" for 12,345,678 micros (exact, sign kept).
-std::string usd_text(std::int64_t micros);
 
 // The answer's common headers: x-request-id, keep-alive, nosniff.
 template <class Message>

@@ -4,6 +4,7 @@
 
 #include "json_text.hpp"
 #include "tollgate/pricing/money.hpp"
+#include "tollgate/proxy/wire.hpp"
 
 namespace tollgate::proxy::openrouter {
 
@@ -183,16 +184,20 @@ std::string error_message(std::string_view text) {
     return message;
 }
 
-std::string usd_number(std::int64_t micros) {
-    const bool negative = micros < 0;
-    const auto magnitude =
-        negative ? -static_cast<unsigned long long>(micros) : static_cast<unsigned long long>(micros);
-    return fmt::format("{}{}.{:06}", negative ? "-" : "", magnitude / 1'000'000, magnitude % 1'000'000);
-}
-
 std::string mask_key(std::string_view key) {
     if (key.size() <= 16) return std::string(key.substr(0, std::min<std::size_t>(key.size(), 4))) + "…";
     return fmt::format("{}…{}", key.substr(0, 12), key.substr(key.size() - 4));
 }
 
 }  // namespace tollgate::proxy::openrouter
+
+namespace tollgate::proxy {
+
+std::string usd_text(std::int64_t micros) {
+    const bool negative = micros < 0;
+    const auto magnitude =
+        negative ? -static_cast<unsigned long long>(micros) : static_cast<unsigned long long>(micros);
+    return fmt::format("{}{}.{:06}", negative ? "-" : "", magnitude / 1'000'000, magnitude % 1'000'000);
+}
+
+}  // namespace tollgate::proxy

@@ -48,9 +48,6 @@ std::optional<generation> parse_generation(std::string_view text);
 // An error answer's message (`{"error": {"message": …}}`), or "".
 std::string error_message(std::string_view text);
 
-// A micro-USD amount as a JSON number in USD ("60.000000"), exact.
-std::string usd_number(std::int64_t micros);
-
 // A key as the API may show it: at most its first 12 and last 4 characters.
 std::string mask_key(std::string_view key);
 

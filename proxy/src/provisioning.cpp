@@ -191,7 +191,7 @@ void apply(ledger::openrouter_account& account, const key_info& k, ledger::time_
 }
 
 std::string limit_body(std::optional<std::int64_t> limit) {
-    return limit ? fmt::format(R"("limit":{},"limit_reset":"monthly")", usd_number(*limit)) : R"("limit":null)";
+    return limit ? fmt::format(R"("limit":{},"limit_reset":"monthly")", usd_text(*limit)) : R"("limit":null)";
 }
 
 }  // namespace

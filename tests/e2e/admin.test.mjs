@@ -7,11 +7,10 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import {
-  startStack, httpFetch, ADMIN_TOKEN, assertLedgerOk, sseData, documentChecker,
+  startStack, httpFetch, ADMIN_TOKEN, assertLedgerOk, sseData, documentChecker, postEarlyAnswer,
 } from './harness.mjs';
 
 const API = '/api/v1';
@@ -861,39 +860,6 @@ describe('e. audit log', () => {
 
 // ---------------------------------------------------------------- f. security
 
-// A POST whose answer may come before the whole body is sent (413).
-function postEarlyAnswer(url, token, body) {
-  return new Promise((resolve, reject) => {
-    const req = http.request(url, {
-      method: 'POST',
-      agent: false,
-      timeout: 30_000,
-      headers: {
-        authorization: `Bearer ${token}`,
-        'content-type': 'application/json',
-        'content-length': String(body.length),
-        expect: '100-continue',
-      },
-    }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (d) => { text += d; });
-      res.on('end', () => {
-        let json;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          json = undefined;
-        }
-        resolve({ method: 'POST', path: new URL(url).pathname.slice(API.length), status: res.statusCode, headers: new Headers(Object.entries(res.headers).map(([k, v]) => [k, String(v)])), text, json });
-      });
-      res.on('error', (e) => reject(new Error(`the answer to a ${body.length}-byte body broke off: ${e.message}`)));
-    });
-    req.on('continue', () => req.end(body));
-    req.on('timeout', () => req.destroy(new Error('no answer within 30 s')));
-    req.on('error', (e) => reject(new Error(`no answer to a ${body.length}-byte body: ${e.message}`)));
-  });
-}
 
 describe('f. hostile input', () => {
   it('SQL injection payloads are stored and returned verbatim', async () => {
@@ -948,7 +914,7 @@ describe('f. hostile input', () => {
   it('oversized input: a 10 MiB body is 413 request_too_large', async () => {
     const u = await newUser('starter');
     const huge = Buffer.from(JSON.stringify({ user_id: u.id, amount_micros: 1_000, reason: 'x'.repeat(10 * 1024 * 1024) }));
-    const r = await postEarlyAnswer(`${stack.url}${API}/credits/allocate`, ADMIN_TOKEN, huge);
+    const r = { method: 'POST', path: '/credits/allocate', ...(await postEarlyAnswer(`${stack.url}${API}/credits/allocate`, ADMIN_TOKEN, huge)) };
     expectStatus(r, 413, { code: 'request_too_large', what: `a ${huge.length}-byte allocate` });
     assertMatchesDocument('POST', '/credits/allocate', r, 'the 413 answer');
     assert.equal((await balanceOf(u.id)).balance_micros, 30_000_000, 'oversized input moved money');

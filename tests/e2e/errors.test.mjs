@@ -5,9 +5,8 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import {
-  startStack, APIError, rawPost, assertOpenAIError, assertLedgerOk, pollUntil, httpFetch,
+  startStack, APIError, rawPost, assertOpenAIError, assertLedgerOk, pollUntil, httpFetch, postEarlyAnswer,
 } from './harness.mjs';
 
 const FIRST_BYTE_MS = 1_000;
@@ -238,39 +237,3 @@ describe('ledger', () => {
   });
 });
 
-// POSTs `body` announcing it with Expect: 100-continue, and sends it only
-// if the server asks for it: a server that refuses by Content-Length (as
-// tollgate must above its body limit) answers before the body, so the
-// answer is read reliably instead of racing the server's close (EPIPE).
-function postEarlyAnswer(url, apiKey, body) {
-  return new Promise((resolve, reject) => {
-    const req = http.request(url, {
-      method: 'POST',
-      agent: false,
-      timeout: 30_000,
-      headers: {
-        authorization: `Bearer ${apiKey}`,
-        'content-type': 'application/json',
-        'content-length': String(body.length),
-        expect: '100-continue',
-      },
-    }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (d) => { text += d; });
-      res.on('end', () => {
-        let json;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          json = undefined;
-        }
-        resolve({ status: res.statusCode, headers: new Headers(Object.entries(res.headers).map(([k, v]) => [k, String(v)])), text, json });
-      });
-      res.on('error', (e) => reject(new Error(`the answer to a ${body.length}-byte body broke off: ${e.message}`)));
-    });
-    req.on('continue', () => req.end(body));
-    req.on('timeout', () => req.destroy(new Error('no answer within 30 s')));
-    req.on('error', (e) => reject(new Error(`no answer to a ${body.length}-byte body: ${e.message}`)));
-  });
-}

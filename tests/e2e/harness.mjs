@@ -384,6 +384,43 @@ export async function rawPost(stack, path, apiKey, body, headers = {}, fetchImpl
   return { status: res.status, headers: res.headers, text, json };
 }
 
+// POSTs `body` announcing it with Expect: 100-continue, and sends it only
+// if the server asks for it: a server that refuses by Content-Length (as
+// tollgate must above its body limit) answers before the body, so the
+// answer is read reliably instead of racing the server's close (EPIPE).
+export function postEarlyAnswer(url, bearer, body) {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, {
+      method: 'POST',
+      agent: false,
+      timeout: 30_000,
+      headers: {
+        authorization: `Bearer ${bearer}`,
+        'content-type': 'application/json',
+        'content-length': String(body.length),
+        expect: '100-continue',
+      },
+    }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { text += d; });
+      res.on('end', () => {
+        let json;
+        try {
+          json = JSON.parse(text);
+        } catch {
+          json = undefined;
+        }
+        resolve({ status: res.statusCode, headers: new Headers(Object.entries(res.headers).map(([k, v]) => [k, String(v)])), text, json });
+      });
+      res.on('error', (e) => reject(new Error(`the answer to a ${body.length}-byte body broke off: ${e.message}`)));
+    });
+    req.on('continue', () => req.end(body));
+    req.on('timeout', () => req.destroy(new Error('no answer within 30 s')));
+    req.on('error', (e) => reject(new Error(`no answer to a ${body.length}-byte body: ${e.message}`)));
+  });
+}
+
 export function assertOpenAIError(r, status, code, what) {
   assert.equal(r.status, status, `${what}: expected HTTP ${status} ${code}, got ${r.status}: ${r.text}`);
   const e = r.json?.error;

@@ -5,6 +5,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "tollgate/proxy/wire.hpp"
+
 using namespace tollgate::proxy::openrouter;
 
 namespace {
@@ -104,10 +106,10 @@ TEST_CASE("malformed answers are refused, whole") {
 TEST_CASE("error messages, USD numbers and masked keys") {
     CHECK(error_message(R"({"error":{"code":401,"message":"Invalid management key"}})") == "Invalid management key");
     CHECK(error_message("not json").empty());
-    CHECK(usd_number(60'000'000) == "60.000000");
-    CHECK(usd_number(1) == "0.000001");
-    CHECK(usd_number(0) == "0.000000");
-    CHECK(usd_number(-1'500'000) == "-1.500000");
+    CHECK(tollgate::proxy::usd_text(60'000'000) == "60.000000");
+    CHECK(tollgate::proxy::usd_text(1) == "0.000001");
+    CHECK(tollgate::proxy::usd_text(0) == "0.000000");
+    CHECK(tollgate::proxy::usd_text(-1'500'000) == "-1.500000");
     const std::string key = "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";
     const auto masked = mask_key(key);
     CHECK(masked == "sk-or-v1-001…1c96");

@@ -179,4 +179,8 @@ std::optional<std::string> remove_usage_member(std::string_view raw);
 // ("inf", "nan") or out of range. Surrounding spaces and tabs are ignored.
 std::optional<std::int64_t> parse_cost_header(std::string_view value);
 
+// A micro-USD amount as USD decimal text, exact, sign kept: "12.345678"
+// (the API's *_usd strings, and OpenRouter's key limits as JSON numbers).
+std::string usd_text(std::int64_t micros);
+
 }  // namespace tollgate::proxy

@@ -13,22 +13,8 @@ namespace {
 using simdjson::ondemand::json_type;
 using simdjson::ondemand::value;
 
-// A USD figure: a number's own text to micros (half up, as charges are);
-// null stays unset. False when it is neither, or negative, or too large.
-bool read_usd_micros(value v, std::optional<std::int64_t>& out) {
-    out.reset();
-    json_type type;
-    if (v.type().get(type)) return false;
-    if (type == json_type::null) return true;
-    if (type != json_type::number) return false;
-    const auto text = json_text::number_text(v);
-    if (text.empty()) return false;
-    const auto price = pricing::parse_usd_pico(text);
-    if (price.status != pricing::price_status::ok) return false;
-    out = pricing::pico_to_micros_half_up(price.pico);
-    return true;
-}
-
+// A USD figure as pico-USD from the number's own text; null stays unset.
+// False when it is neither, or negative, or too large.
 bool read_pico(value v, std::optional<std::int64_t>& out) {
     out.reset();
     json_type type;
@@ -40,6 +26,13 @@ bool read_pico(value v, std::optional<std::int64_t>& out) {
     const auto price = pricing::parse_usd_pico(text);
     if (price.status != pricing::price_status::ok) return false;
     out = price.pico;
+    return true;
+}
+
+// The same in micro-USD, rounded half up as charges are.
+bool read_usd_micros(value v, std::optional<std::int64_t>& out) {
+    if (!read_pico(v, out)) return false;
+    if (out) out = pricing::pico_to_micros_half_up(*out);
     return true;
 }
 

@@ -16,12 +16,6 @@ using ledger::result;
 
 namespace {
 
-std::int64_t make_user(ledger::ledger& l, const std::string& email, const std::string& tier = "starter") {
-    const auto r = l.create_user({.email = email, .name = "", .tier = tier, .actor = "test"});
-    REQUIRE(r.code == result::ok);
-    return r.user_id;
-}
-
 ledger::deduct_request tracked(std::int64_t user, std::string event_id, std::int64_t amount, std::string model) {
     ledger::deduct_request r;
     r.user_id = user;
@@ -203,7 +197,7 @@ TEST_CASE("user pages are newest first and stable while users are added", "[ledg
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    for (int i = 0; i < 25; ++i) make_user(*l, fmt::format("u{}@example.com", i));
+    for (int i = 0; i < 25; ++i) make_user(*l, fmt::format("u{}@example.com", i), "starter");
     std::vector<std::int64_t> seen;
     std::optional<std::int64_t> cursor;
     int added = 0;
@@ -215,7 +209,7 @@ TEST_CASE("user pages are newest first and stable while users are added", "[ledg
             CHECK(row.tier == "starter");
         }
         cursor = page.next_cursor;
-        make_user(*l, fmt::format("late{}@example.com", added++));  // never shifts the pages below the cursor
+        make_user(*l, fmt::format("late{}@example.com", added++), "starter");  // never shifts the pages below the cursor
     } while (cursor);
     REQUIRE(seen.size() == 25);
     for (std::size_t i = 0; i < seen.size(); ++i) CHECK(seen[i] == 25 - static_cast<std::int64_t>(i));

@@ -26,12 +26,6 @@ struct StringMaker<ledger::coupon_refusal> {
 
 namespace {
 
-std::int64_t make_user(ledger::ledger& l, const std::string& email, const std::string& tier) {
-    const auto r = l.create_user({.email = email, .name = "", .tier = tier, .actor = "test"});
-    REQUIRE(r.code == result::ok);
-    return r.user_id;
-}
-
 coupon credit(std::string code, std::int64_t amount) {
     coupon c;
     c.code = std::move(code);

@@ -15,12 +15,6 @@ using ledger::result;
 
 namespace {
 
-std::int64_t make_user(ledger::ledger& l, const std::string& email, const std::string& tier = "free") {
-    const auto r = l.create_user({.email = email, .name = "", .tier = tier, .actor = "test"});
-    REQUIRE(r.code == result::ok);
-    return r.user_id;
-}
-
 ledger::balance balance_of(ledger::ledger& l, std::int64_t user) {
     const auto b = l.get_balance(user);
     REQUIRE(b);
@@ -91,7 +85,7 @@ TEST_CASE("reserve admits only what available covers, settle charges and release
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "a@example.com");  // $10
+    const auto user = make_user(*l, "a@example.com", "free");  // $10
 
     const auto h1 = l->reserve(user, 6'000'000, "r1");
     REQUIRE(h1.code == result::ok);
@@ -133,7 +127,7 @@ TEST_CASE("a charge is never capped by its hold: the excess becomes debt", "[led
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "a@example.com");  // $10, no overage
+    const auto user = make_user(*l, "a@example.com", "free");  // $10, no overage
     const auto hold = l->reserve(user, 1'000'000, "r");
     REQUIRE(hold.code == result::ok);
     const auto s = l->settle(hold.hold_id, 12'500'000, {.model = "m"});
@@ -167,7 +161,7 @@ TEST_CASE("overage limit extends admission", "[ledger]") {
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "a@example.com");
+    const auto user = make_user(*l, "a@example.com", "free");
     REQUIRE(l->set_overage_limit(user, 5'000'000).code == result::ok);
     CHECK(l->reserve(user, 15'000'001, "big").code == result::insufficient_credits);
     const auto h = l->reserve(user, 15'000'000, "ok");
@@ -229,7 +223,7 @@ TEST_CASE("grants: custom priority, expiry in the past, bad amounts", "[ledger]"
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "a@example.com");
+    const auto user = make_user(*l, "a@example.com", "free");
     const auto first = l->grant({.user_id = user, .kind = grant_kind::purchased, .amount_micros = 100, .priority = 1});
     REQUIRE(first.code == result::ok);
     const auto ev = charge(*l, user, 60, "r");
@@ -250,8 +244,8 @@ TEST_CASE("grants expire: lazily on use and by the sweep", "[ledger]") {
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto a = make_user(*l, "a@example.com");
-    const auto b = make_user(*l, "b@example.com");
+    const auto a = make_user(*l, "a@example.com", "free");
+    const auto b = make_user(*l, "b@example.com", "free");
     grant(*l, a, grant_kind::bonus, 2'000'000, test_epoch_ms + day_ms);
     grant(*l, b, grant_kind::bonus, 3'000'000, test_epoch_ms + day_ms);
     CHECK(balance_of(*l, a).balance_micros == 12'000'000);
@@ -282,7 +276,7 @@ TEST_CASE("holds expire after their time to live", "[ledger]") {
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "a@example.com");
+    const auto user = make_user(*l, "a@example.com", "free");
     const auto h = l->reserve(user, 3'000'000, "r");
     REQUIRE(h.code == result::ok);
     clock.advance(15 * 60 * 1000 - 1);
@@ -298,8 +292,8 @@ TEST_CASE("refunds are refund grants linked to the charge and never exceed it", 
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "a@example.com");
-    const auto other = make_user(*l, "b@example.com");
+    const auto user = make_user(*l, "a@example.com", "free");
+    const auto other = make_user(*l, "b@example.com", "free");
     const auto ev = charge(*l, user, 1'000'000, "r");
     l->flush();
     const auto charge_txn = l->transactions({.user_id = user, .limit = 1}).rows.at(0).id;
@@ -327,7 +321,7 @@ TEST_CASE("idempotency keys replay the first result and refuse a different reque
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "a@example.com");
+    const auto user = make_user(*l, "a@example.com", "free");
     const ledger::grant_request req{.user_id = user, .kind = grant_kind::purchased, .amount_micros = 5'000'000,
                                     .reason = "top-up", .idempotency_key = "admin:k1"};
     const auto first = l->grant(req);
@@ -382,7 +376,7 @@ TEST_CASE("deduct is refused when available does not cover it", "[ledger]") {
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "a@example.com");
+    const auto user = make_user(*l, "a@example.com", "free");
     const auto h = l->reserve(user, 9'000'000, "r");
     REQUIRE(h.code == result::ok);
     const auto d = l->deduct({.user_id = user, .amount_micros = 1'000'001, .event_id = "e1"});
@@ -398,7 +392,7 @@ TEST_CASE("transaction history pages newest first with stable cursors and filter
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "a@example.com");
+    const auto user = make_user(*l, "a@example.com", "free");
     for (int i = 0; i < 25; ++i) {
         clock.advance(1000);
         grant(*l, user, grant_kind::bonus, 1000 + i);
@@ -490,7 +484,7 @@ TEST_CASE("anchors on the 31st clamp to the month's last day without drifting", 
     manual_clock clock;
     clock.set(1769817600000);  // 2026-01-31T00:00:00Z
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "a@example.com");
+    const auto user = make_user(*l, "a@example.com", "free");
     CHECK(l->find_subscription(user)->period_end_ms == 1772236800000);  // 2026-02-28
     clock.set(1772236800000);
     l->roll_periods();
@@ -505,7 +499,7 @@ TEST_CASE("keys are stored by hash and can be revoked", "[ledger]") {
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "a@example.com");
+    const auto user = make_user(*l, "a@example.com", "free");
     const std::string hash("\x01\x02\x00\xff", 4);
     const auto created = l->create_key({.user_id = user, .key_hash = hash, .key_prefix = "tg_abcd", .name = "ci"});
     REQUIRE(created.code == result::ok);
@@ -558,7 +552,7 @@ TEST_CASE("state survives reopening; orphaned holds are released and audited", "
     std::int64_t user = 0;
     {
         auto l = open_ledger(path, clock);
-        user = make_user(*l, "a@example.com");
+        user = make_user(*l, "a@example.com", "free");
         charge(*l, user, 2'500'000, "done");
         const auto open = l->reserve(user, 4'000'000, "in-flight");
         REQUIRE(open.code == result::ok);
@@ -598,7 +592,7 @@ TEST_CASE("one writer: a second open and migrate refuse while the lock is held",
     CHECK(second.message.find("in use") != std::string::npos);
     CHECK(ledger::migrate(path).error == ledger::open_error::locked);
     // check-ledger is read-only and works beside the live writer.
-    make_user(*l, "a@example.com");
+    make_user(*l, "a@example.com", "free");
     l->flush();
     CHECK(ledger::check_database(path).ok);
     l.reset();
@@ -655,7 +649,7 @@ TEST_CASE("a call that outlives its hold is still charged in full", "[ledger]") 
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "a@example.com");
+    const auto user = make_user(*l, "a@example.com", "free");
     const auto h = l->reserve(user, 1'000'000, "slow");
     REQUIRE(h.code == result::ok);
     clock.advance(16 * 60 * 1000);
@@ -681,7 +675,7 @@ TEST_CASE("usage the database would refuse is refused before it can stop the wri
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "a@example.com");
+    const auto user = make_user(*l, "a@example.com", "free");
     const auto h = l->reserve(user, 1000, "r");
     const ledger::usage_event bad[] = {
         {.price_source = "guess"},
@@ -703,7 +697,7 @@ TEST_CASE("a replayed deduct answers with the first result's balance", "[ledger]
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "a@example.com");
+    const auto user = make_user(*l, "a@example.com", "free");
     const ledger::deduct_request d{.user_id = user, .amount_micros = 1'000'000, .event_id = "search-1"};
     const auto first = l->deduct(d);
     REQUIRE(first.code == result::ok);
@@ -720,7 +714,7 @@ TEST_CASE("on_durable calls back once the commit is done, or at once when it alr
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "a@example.com");
+    const auto user = make_user(*l, "a@example.com", "free");
     const auto h = l->reserve(user, 1000, "r");
     std::promise<bool> fired;
     auto done = fired.get_future();
@@ -738,7 +732,7 @@ TEST_CASE("time-window pages use the same cursor as plain pages", "[ledger]") {
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "a@example.com");
+    const auto user = make_user(*l, "a@example.com", "free");
     for (int i = 0; i < 30; ++i) {
         clock.advance(1000);
         grant(*l, user, grant_kind::bonus, 100 + i);

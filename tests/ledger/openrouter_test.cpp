@@ -14,12 +14,6 @@ using ledger::result;
 
 namespace {
 
-std::int64_t make_user(ledger::ledger& l, const std::string& email, const std::string& tier = "starter") {
-    const auto r = l.create_user({.email = email, .name = "", .tier = tier, .actor = "test"});
-    REQUIRE(r.code == result::ok);
-    return r.user_id;
-}
-
 // A metered call billed on an estimate (its stream broke before usage came).
 std::int64_t estimated_call(ledger::ledger& l, std::int64_t user, const std::string& request_id, std::int64_t charged,
                             const std::string& generation_id, const std::string& price_source = "estimated") {
@@ -92,7 +86,7 @@ TEST_CASE("a provisioned account is kept whole per user and replaced by the next
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "a@example.com");
+    const auto user = make_user(*l, "a@example.com", "starter");
 
     CHECK_FALSE(l->find_openrouter_account(user));
     ledger::openrouter_account pending;
@@ -156,7 +150,7 @@ TEST_CASE("a sync records its figures only on the key it read, never over a revo
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "s@example.com");
+    const auto user = make_user(*l, "s@example.com", "starter");
     ledger::openrouter_account account;
     account.user_id = user;
     account.label = "tollgate-user-1";
@@ -218,7 +212,7 @@ TEST_CASE("reseal_all re-encrypts every sealed blob in one commit, or nothing", 
     const auto path = dir.file("t.db");
     auto l = open_ledger(path, clock);
     const auto pro = make_user(*l, "pro@example.com", "professional");
-    const auto starter = make_user(*l, "s@example.com");
+    const auto starter = make_user(*l, "s@example.com", "starter");
     // A BYOK key (stored with its switch) and a provisioned key.
     ledger::switch_request byok{.user_id = pro,
                                 .tier = "professional",
@@ -281,7 +275,7 @@ TEST_CASE("an estimated call is reconciled once, by reconcile rows, history unto
     manual_clock clock;
     const auto path = dir.file("t.db");
     auto l = open_ledger(path, clock);
-    const auto user = make_user(*l, "r@example.com");  // starter: $30 allocated
+    const auto user = make_user(*l, "r@example.com", "starter");  // starter: $30 allocated
     const auto start = l->get_balance(user)->balance_micros;
 
     const auto under = estimated_call(*l, user, "req-under", 500, "gen-under");
@@ -349,7 +343,7 @@ TEST_CASE("a correction never gives back more than refunds left of the charge", 
     temp_dir dir;
     manual_clock clock;
     auto l = open_ledger(dir.file("t.db"), clock);
-    const auto user = make_user(*l, "f@example.com");
+    const auto user = make_user(*l, "f@example.com", "starter");
     const auto event = estimated_call(*l, user, "req-1", 1'000, "gen-1");
     // An admin refunds 700 of the 1,000; OpenRouter then says the call cost 100.
     const auto refund = l->refund({.user_id = user,

@@ -60,6 +60,12 @@ inline std::unique_ptr<ledger::ledger> open_ledger(const std::string& path, cons
     return std::move(r.value);
 }
 
+inline std::int64_t make_user(ledger::ledger& l, const std::string& email, const std::string& tier) {
+    const auto r = l.create_user({.email = email, .name = "", .tier = tier, .actor = "test"});
+    REQUIRE(r.code == ledger::result::ok);
+    return r.user_id;
+}
+
 inline void require_ledger_ok(ledger::ledger& l) {
     const auto report = l.check();
     for (const auto& p : report.problems) UNSCOPED_INFO(p);

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import {
-  startStack, httpFetch, ADMIN_TOKEN, assertLedgerOk, sseData, documentChecker, postEarlyAnswer,
+  startStack, httpFetch, ADMIN_TOKEN, assertLedgerOk, sseData, documentChecker, postEarlyAnswer, jsonOrUndefined,
 } from './harness.mjs';
 
 const API = '/api/v1';
@@ -60,12 +60,7 @@ async function api(method, path, { token = ADMIN_TOKEN, body, raw, headers = {},
   if (payload !== undefined) h['content-type'] = 'application/json';
   const res = await httpFetch(`${stack.url}${API}${path}`, { method, headers: h, body: payload });
   const text = await res.text();
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
+  const json = jsonOrUndefined(text);
   const r = { method, path, status: res.status, headers: res.headers, text, json };
   if (check) assertMatchesDocument(method, path, r, `${method} ${path}`);
   return r;
@@ -940,12 +935,7 @@ describe('f. hostile input', () => {
       const call = async (token) => {
         const res = await httpFetch(`${guarded.url}${API}/users?limit=1`, { headers: token === null ? {} : { authorization: `Bearer ${token}` } });
         const text = await res.text();
-        let json;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          json = undefined;
-        }
+        const json = jsonOrUndefined(text);
         return { method: 'GET', path: '/users?limit=1', status: res.status, headers: res.headers, text, json };
       };
       expectStatus(await call(ADMIN_TOKEN), 200, { what: 'the admin token before any failure' });

@@ -10,7 +10,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import {
-  startStack, httpFetch, ADMIN_TOKEN, assertLedgerOk, documentChecker,
+  startStack, httpFetch, ADMIN_TOKEN, assertLedgerOk, documentChecker, jsonOrUndefined,
 } from './harness.mjs';
 
 const API = '/api/v1';
@@ -40,12 +40,7 @@ async function api(method, path, { token = ADMIN_TOKEN, body, headers = {} } = {
   if (body !== undefined) h['content-type'] = 'application/json';
   const res = await httpFetch(`${stack.url}${API}${path}`, { method, headers: h, body: body === undefined ? undefined : JSON.stringify(body) });
   const text = await res.text();
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
+  const json = jsonOrUndefined(text);
   const r = { method, path, status: res.status, headers: res.headers, text, json };
   checkAnswer(method, path, r, `${method} ${path}${body === undefined ? '' : ` ${JSON.stringify(body)}`}`);
   return r;

@@ -152,6 +152,46 @@ async function stopProcess(proc, timeoutMs) {
   return { ...(await proc.exited), killed: true };
 }
 
+// An answer's JSON, or undefined when it is not JSON.
+export function jsonOrUndefined(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+// The forms a stored or printed key could take without encryption: the
+// text, its random part (after `prefix`), hex (both cases), base64 /
+// base64url at each of the three byte alignments (only the characters that
+// depend on the key's bytes alone).
+export function clearForms(key, prefix) {
+  const bytes = Buffer.from(key, 'utf8');
+  const forms = [
+    { what: 'the key', needle: bytes },
+    { what: 'the key\'s random part', needle: Buffer.from(key.startsWith(prefix) ? key.slice(prefix.length) : key, 'utf8') },
+    { what: 'hex (lower case)', needle: Buffer.from(bytes.toString('hex'), 'latin1') },
+    { what: 'hex (upper case)', needle: Buffer.from(bytes.toString('hex').toUpperCase(), 'latin1') },
+  ];
+  for (let shift = 0; shift < 3; shift++) {
+    const shifted = Buffer.concat([Buffer.alloc(shift), bytes]);
+    for (const enc of ['base64', 'base64url']) {
+      const text = shifted.toString(enc).replace(/=+$/, '');
+      forms.push({ what: `${enc} at alignment ${shift}`, needle: Buffer.from(text.slice(shift === 0 ? 0 : 4, -4), 'latin1') });
+    }
+  }
+  return forms;
+}
+
+// Fails when `haystack` (a Buffer or text) holds `key` in any clear form;
+// the message names the key as `name` and never prints it.
+export function assertNotInClear(haystack, key, where, { name, prefix }) {
+  const buffer = Buffer.isBuffer(haystack) ? haystack : Buffer.from(String(haystack), 'utf8');
+  for (const { what, needle } of clearForms(key, prefix)) {
+    assert.equal(buffer.indexOf(needle), -1, `${where}: found ${name} in clear (${what})`);
+  }
+}
+
 export function runCheckLedger(dbPath) {
   return new Promise((resolve) => {
     execFile(TOLLGATE_BIN, ['check-ledger', '--db', dbPath], { timeout: CHECK_LEDGER_TIMEOUT_MS }, (error, stdout, stderr) => {
@@ -237,12 +277,7 @@ class Stack {
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     const text = await res.text();
-    let json;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      json = undefined;
-    }
+    const json = jsonOrUndefined(text);
     return { status: res.status, headers: res.headers, text, json };
   }
 
@@ -375,12 +410,7 @@ export async function rawPost(stack, path, apiKey, body, headers = {}, fetchImpl
     body: typeof body === 'string' ? body : JSON.stringify(body),
   });
   const text = await res.text();
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
+  const json = jsonOrUndefined(text);
   return { status: res.status, headers: res.headers, text, json };
 }
 
@@ -405,12 +435,7 @@ export function postEarlyAnswer(url, bearer, body) {
       res.setEncoding('utf8');
       res.on('data', (d) => { text += d; });
       res.on('end', () => {
-        let json;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          json = undefined;
-        }
+        const json = jsonOrUndefined(text);
         resolve({ status: res.statusCode, headers: new Headers(Object.entries(res.headers).map(([k, v]) => [k, String(v)])), text, json });
       });
       res.on('error', (e) => reject(new Error(`the answer to a ${body.length}-byte body broke off: ${e.message}`)));

@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  startStack, httpFetch, ADMIN_TOKEN, assertLedgerOk, sum,
+  startStack, httpFetch, ADMIN_TOKEN, assertLedgerOk, sum, jsonOrUndefined, assertNotInClear,
 } from './harness.mjs';
 import {
   usdToPico, numberToUsdText, divRoundHalfUp, PICO_PER_MICRO, openrouterPricePico, mockPromptTokens,
@@ -63,12 +63,7 @@ async function api(method, path, { token = ADMIN_TOKEN, body, headers = {} } = {
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await res.text();
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
+  const json = jsonOrUndefined(text);
   answers.push({ what: `${method} ${path}`, text, headers: [...res.headers].map(([k, v]) => `${k}: ${v}`).join('\n') });
   return { status: res.status, headers: res.headers, text, json };
 }
@@ -205,33 +200,8 @@ async function drain(user) {
   assert.equal(after.available_micros, 0n, `drain: expected available 0, got ${after.available_micros}`);
 }
 
-// The forms a stored key could take without being encrypted: the text,
-// its hex (both cases), base64 / base64url at each of the three byte
-// alignments (the characters that depend on the key's bytes alone).
-function clearForms(key) {
-  const bytes = Buffer.from(key, 'utf8');
-  const forms = [
-    { what: 'the key', needle: bytes },
-    { what: 'the key\'s random part', needle: Buffer.from(key.replace(/^sk-or-byok-/, ''), 'utf8') },
-    { what: 'hex (lower case)', needle: Buffer.from(bytes.toString('hex'), 'latin1') },
-    { what: 'hex (upper case)', needle: Buffer.from(bytes.toString('hex').toUpperCase(), 'latin1') },
-  ];
-  for (let shift = 0; shift < 3; shift++) {
-    const shifted = Buffer.concat([Buffer.alloc(shift), bytes]);
-    for (const enc of ['base64', 'base64url']) {
-      let text = shifted.toString(enc).replace(/=+$/, '');
-      text = text.slice(shift === 0 ? 0 : 4, -4); // drop the characters mixed with neighbouring bytes
-      forms.push({ what: `${enc} at alignment ${shift}`, needle: Buffer.from(text, 'latin1') });
-    }
-  }
-  return forms;
-}
-
 function assertKeyNotIn(haystack, key, where) {
-  const buffer = Buffer.isBuffer(haystack) ? haystack : Buffer.from(String(haystack), 'utf8');
-  for (const { what, needle } of clearForms(key)) {
-    assert.equal(buffer.indexOf(needle), -1, `${where}: found the BYOK key in clear (${what}: ${needle.toString('latin1')})`);
-  }
+  assertNotInClear(haystack, key, where, { name: 'the BYOK key', prefix: 'sk-or-byok-' });
 }
 
 const messages = [

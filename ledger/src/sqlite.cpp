@@ -1,5 +1,7 @@
 #include "sqlite.hpp"
 
+#include "gathering_vfs.hpp"
+
 #include <sqlite3.h>
 
 #include <fmt/format.h>
@@ -105,7 +107,7 @@ database::database(const std::string& path, mode m) {
     configure_library();
     const int flags = (m == mode::read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) |
                       SQLITE_OPEN_NOMUTEX;
-    const int rc = sqlite3_open_v2(path.c_str(), &db_, flags, nullptr);
+    const int rc = sqlite3_open_v2(path.c_str(), &db_, flags, gathering_vfs_name());
     if (rc != SQLITE_OK) {
         const std::string message = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
         sqlite3_close_v2(db_);

@@ -25,11 +25,15 @@
 // space is allocated ahead, in 1 MiB steps, by the write that first reaches
 // past it (fallocate with FALLOC_FL_KEEP_SIZE: the file's size, which SQLite
 // reads, does not change). A full disk is then reported there, as
-// SQLITE_FULL, and the commit fails as it would without this VFS.
+// SQLITE_FULL, and the commit fails as it would without this VFS. Where space
+// cannot be allocated ahead, the file does not gather at all. A failed flush
+// is kept and reported by every later write of that WAL file; unlocks go
+// through regardless (SQLite ignores their result).
 #include "gathering_vfs.hpp"
 
 #include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -64,8 +68,9 @@ struct gathering_file {
     gathering_file* wal = nullptr;   // a main file's linked WAL file
     std::string buffer;              // gathered bytes of a WAL file, from `start`
     sqlite3_int64 start = 0;
-    int allocate_fd = -1;  // the WAL file again, for fallocate; -1: not allocating
-    bool allocate_tried = false;
+    int allocate_fd = -1;            // the WAL file again, for fallocate
+    bool gathers = true;             // false once space cannot be allocated ahead: writes then go straight through
+    int failed = SQLITE_OK;          // a flush that failed: every later WAL write and flush reports it
     sqlite3_int64 allocated_to = 0;  // space up to here is allocated
     std::string path;                // a WAL file's path, to open allocate_fd
 };
@@ -87,11 +92,18 @@ const sqlite3_io_methods& real_methods(sqlite3_file* f) {
     return *real(f)->pMethods;
 }
 
+// A failure is kept: SQLite ignores the result of some operations that
+// flush (an unlock, a file-control hint), and the frames it lost must not be
+// forgotten before the next commit is published. The connection's writes
+// then fail until it is closed (the ledger stops at its first failed commit).
 int flush(gathering_file* f) {
-    if (!f || f->buffer.empty()) return SQLITE_OK;
+    if (!f) return SQLITE_OK;
+    if (f->failed != SQLITE_OK) return f->failed;
+    if (f->buffer.empty()) return SQLITE_OK;
     const int rc = f->real->pMethods->xWrite(f->real, f->buffer.data(), static_cast<int>(f->buffer.size()), f->start);
     f->buffer.clear();
     flushes.fetch_add(1, std::memory_order_relaxed);
+    f->failed = rc;
     return rc;
 }
 
@@ -100,23 +112,34 @@ int flush_linked(sqlite3_file* main) {
 }
 
 // Space for [.., end) before bytes are gathered for it: SQLITE_FULL when the
-// disk cannot hold it, while the commit can still fail cleanly.
+// disk cannot hold it, while the commit can still fail cleanly. Where space
+// cannot be allocated ahead (no second descriptor, a file system without
+// fallocate), the file stops gathering: its writes go straight through and
+// report their own errors, as without this VFS.
+//
+// `allocated_to` follows this connection's own truncations and WAL restarts;
+// another connection truncating the WAL (journal_size_limit, which tollgate
+// does not set) would leave it stale.
 int allocate_to(gathering_file* f, sqlite3_int64 end) {
     if (end <= f->allocated_to) return SQLITE_OK;
-    if (f->allocate_fd < 0) {
-        if (f->allocate_tried) return SQLITE_OK;  // not possible here: gather without it
-        f->allocate_tried = true;
-        f->allocate_fd = ::open(f->path.c_str(), O_WRONLY | O_CLOEXEC);
-        if (f->allocate_fd < 0) return SQLITE_OK;
+    if (f->allocate_fd < 0) f->allocate_fd = ::open(f->path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (f->allocate_fd >= 0) {
+        const sqlite3_int64 to = (end + allocation_step - 1) / allocation_step * allocation_step;
+        int rc = 0;
+        do {
+            rc = ::fallocate(f->allocate_fd, FALLOC_FL_KEEP_SIZE, f->allocated_to, to - f->allocated_to);
+        } while (rc != 0 && errno == EINTR);
+        if (rc == 0) {
+            f->allocated_to = to;
+            return SQLITE_OK;
+        }
+        if (errno == ENOSPC || errno == EDQUOT) return SQLITE_FULL;
+        // SQLite holds no POSIX locks on the WAL file, so closing this second
+        // descriptor releases none of its locks.
+        ::close(f->allocate_fd);
+        f->allocate_fd = -1;
     }
-    const sqlite3_int64 to = (end + allocation_step - 1) / allocation_step * allocation_step;
-    if (::fallocate(f->allocate_fd, FALLOC_FL_KEEP_SIZE, f->allocated_to, to - f->allocated_to) == 0) {
-        f->allocated_to = to;
-        return SQLITE_OK;
-    }
-    if (errno == ENOSPC || errno == EDQUOT) return SQLITE_FULL;
-    ::close(f->allocate_fd);  // the file system cannot: gather without it
-    f->allocate_fd = -1;
+    f->gathers = false;
     return SQLITE_OK;
 }
 
@@ -124,16 +147,18 @@ int allocate_to(gathering_file* f, sqlite3_int64 end) {
 
 int wal_write(sqlite3_file* file, const void* data, int amount, sqlite3_int64 offset) {
     auto* f = of(file);
-    if (!f->main) return real_methods(file).xWrite(f->real, data, amount, offset);
-    const auto n = static_cast<std::size_t>(amount);
-    const bool follows = !f->buffer.empty() && offset == f->start + static_cast<sqlite3_int64>(f->buffer.size());
-    if (!follows || f->buffer.size() + n > gather_limit) {
-        if (const int rc = flush(f); rc != SQLITE_OK) return rc;
-        f->start = offset;
+    if (f->main && f->gathers) {
+        if (offset == 0) f->allocated_to = 0;  // a new WAL generation: check the space again
+        if (const int rc = allocate_to(f, offset + amount); rc != SQLITE_OK) return rc;
     }
-    if (offset == 0) f->allocated_to = 0;  // a new WAL generation: check the space again
-    if (const int rc = allocate_to(f, offset + amount); rc != SQLITE_OK) return rc;
-    if (n > gather_limit) return real_methods(file).xWrite(f->real, data, amount, offset);
+    const auto n = static_cast<std::size_t>(amount);
+    const bool gather = f->main && f->gathers && n <= gather_limit;
+    const bool follows = !f->buffer.empty() && offset == f->start + static_cast<sqlite3_int64>(f->buffer.size());
+    if (!gather || !follows || f->buffer.size() + n > gather_limit) {
+        if (const int rc = flush(f); rc != SQLITE_OK) return rc;
+    }
+    if (!gather) return real_methods(file).xWrite(f->real, data, amount, offset);
+    if (f->buffer.empty()) f->start = offset;
     f->buffer.append(static_cast<const char*>(data), n);
     gathered_writes.fetch_add(1, std::memory_order_relaxed);
     return SQLITE_OK;
@@ -205,9 +230,12 @@ int any_lock(sqlite3_file* file, int level) {
     return real_methods(file).xLock(real(file), level);
 }
 
+// Unlocks always go through: SQLite ignores their result and considers the
+// lock gone, so a failed flush (kept, see flush) must not keep it held.
 int any_unlock(sqlite3_file* file, int level) {
-    if (const int rc = flush_for(file); rc != SQLITE_OK) return rc;
-    return real_methods(file).xUnlock(real(file), level);
+    const int rc = flush_for(file);
+    const int unlock_rc = real_methods(file).xUnlock(real(file), level);
+    return rc != SQLITE_OK ? rc : unlock_rc;
 }
 
 int any_check_reserved_lock(sqlite3_file* file, int* out) {
@@ -233,17 +261,24 @@ int any_shm_map(sqlite3_file* file, int page, int page_size, int extend, void vo
 }
 
 int any_shm_lock(sqlite3_file* file, int offset, int n, int flags) {
-    if (const int rc = flush_for(file); rc != SQLITE_OK) return rc;
-    return real_methods(file).xShmLock(real(file), offset, n, flags);
+    const int rc = flush_for(file);
+    if (rc != SQLITE_OK && !(flags & SQLITE_SHM_UNLOCK)) return rc;
+    const int lock_rc = real_methods(file).xShmLock(real(file), offset, n, flags);
+    return rc != SQLITE_OK ? rc : lock_rc;
 }
 
 void any_shm_barrier(sqlite3_file* file) {
-    if (const int rc = flush_for(file); rc != SQLITE_OK) {
-        std::fprintf(stderr,
-                     "tollgate ledger: writing the WAL failed (%s) just before a commit was published; stopping "
-                     "rather than publish a commit that is not in the file\n",
-                     sqlite3_errstr(rc));
-        std::abort();
+    // Readers pass here too: only bytes gathered now can be lost here (an
+    // earlier failure made the next WAL write fail, before any publication).
+    gathering_file* wal = of(file)->main ? of(file) : of(file)->wal;
+    if (wal && !wal->buffer.empty()) {
+        if (const int rc = flush(wal); rc != SQLITE_OK) {
+            std::fprintf(stderr,
+                         "tollgate ledger: writing the WAL failed (%s) just before a commit was published; stopping "
+                         "rather than publish a commit that is not in the file\n",
+                         sqlite3_errstr(rc));
+            std::abort();
+        }
     }
     real_methods(file).xShmBarrier(real(file));
 }
@@ -330,6 +365,11 @@ int open_file(sqlite3_vfs*, sqlite3_filename name, sqlite3_file* file, int flags
             f->main = it->second;
             f->main->wal = f;
             f->path = name;
+            // Under a file size limit a flush could fail where allocating
+            // ahead succeeded (KEEP_SIZE is not checked against it): write
+            // straight through, so the limit fails the write that meets it.
+            struct rlimit limit {};
+            if (::getrlimit(RLIMIT_FSIZE, &limit) != 0 || limit.rlim_cur != RLIM_INFINITY) f->gathers = false;
             linked_wal_files.fetch_add(1, std::memory_order_relaxed);
         }
     }

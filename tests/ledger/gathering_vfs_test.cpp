@@ -5,6 +5,7 @@
 #include "gathering_vfs.hpp"
 
 #include <sqlite3.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -182,4 +183,49 @@ TEST_CASE("WAL space is allocated ahead of the frames, the file's size unchanged
     // The first MiB is allocated (a file system without fallocate would
     // show only the written blocks; ext4 and tmpfs, where this runs, have it).
     CHECK(static_cast<std::int64_t>(st.st_blocks) * 512 >= (1 << 20));
+}
+
+TEST_CASE("a write the file cannot take fails the commit; it does not stop the process", "[ledger][vfs]") {
+    temp_dir dir;
+    const auto path = dir.file("f.db");
+    {
+        connection setup(path, gathering_vfs_name());
+        make_wal_database(setup);
+    }
+    const pid_t child = fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        // A file size limit: writes past 256 KiB fail (EFBIG, the signal
+        // ignored), as they would on a full disk.
+        signal(SIGXFSZ, SIG_IGN);
+        const rlimit limit{256 << 10, 256 << 10};
+        if (setrlimit(RLIMIT_FSIZE, &limit) != 0) _exit(2);
+        sqlite3* db = nullptr;
+        if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE, gathering_vfs_name()) != SQLITE_OK) _exit(3);
+        sqlite3_exec(db, "PRAGMA synchronous = NORMAL", nullptr, nullptr, nullptr);
+        for (int round = 0; round < 100; ++round) {
+            std::string sql = "BEGIN;";
+            for (int i = 0; i < 10; ++i) {
+                sql += "INSERT INTO t VALUES (" + std::to_string(10000 + round * 10 + i) + ", printf('%.1500c', 'f'));";
+            }
+            sql += "COMMIT;";
+            const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr);
+            if (rc != SQLITE_OK) {
+                sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+                _exit((rc & 0xff) == SQLITE_FULL || (rc & 0xff) == SQLITE_IOERR ? 0 : 4);
+            }
+        }
+        _exit(5);  // the limit was never met
+    }
+    int status = 0;
+    REQUIRE(waitpid(child, &status, 0) == child);
+    INFO("status " << status);
+    REQUIRE(WIFEXITED(status));  // not SIGABRT
+    CHECK(WEXITSTATUS(status) == 0);
+
+    // What was committed before the failure is whole.
+    connection after(path, nullptr);
+    CHECK(after.text("PRAGMA integrity_check") == "ok");
+    CHECK(after.scalar("SELECT count(*) FROM t") % 10 == 0);
+    CHECK(after.scalar("SELECT count(*) FROM t") > 0);
 }

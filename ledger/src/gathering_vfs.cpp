@@ -319,27 +319,14 @@ const sqlite3_io_methods main_methods = {
     any_unfetch,
 };
 
-const sqlite3_io_methods wal_methods = {
-    3,
-    any_close,
-    wal_read,
-    wal_write,
-    wal_truncate,
-    any_sync,
-    any_file_size,
-    any_lock,
-    any_unlock,
-    any_check_reserved_lock,
-    any_file_control,
-    any_sector_size,
-    any_device_characteristics,
-    any_shm_map,
-    any_shm_lock,
-    any_shm_barrier,
-    any_shm_unmap,
-    any_fetch,
-    any_unfetch,
-};
+// A WAL file differs only in how it reads, writes and truncates.
+constexpr sqlite3_io_methods with_wal_io(sqlite3_io_methods methods) {
+    methods.xRead = wal_read;
+    methods.xWrite = wal_write;
+    methods.xTruncate = wal_truncate;
+    return methods;
+}
+const sqlite3_io_methods wal_methods = with_wal_io(main_methods);
 
 constexpr int real_offset = static_cast<int>((sizeof(gathering_file) + 15) / 16 * 16);
 

@@ -56,14 +56,26 @@ void make_wal_database(connection& c) {
     REQUIRE(c.exec("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, body TEXT NOT NULL)") == SQLITE_OK);
 }
 
-// One transaction of `rows` rows of 1,500 bytes: about one 2 KiB page each.
-int insert_rows(connection& c, int first_id, int rows) {
-    std::string sql = "BEGIN;";
+// A new database set up that way, closed again.
+std::string new_database(temp_dir& dir, const char* name) {
+    const auto path = dir.file(name);
+    connection setup(path, gathering_vfs_name());
+    make_wal_database(setup);
+    return path;
+}
+
+// `rows` INSERTs of 1,500 bytes each: about one 2 KiB page a row.
+std::string insert_sql(int first_id, int rows, char fill) {
+    std::string sql;
     for (int i = 0; i < rows; ++i) {
-        sql += "INSERT INTO t VALUES (" + std::to_string(first_id + i) + ", printf('%.1500c', 'x'));";
+        sql += "INSERT INTO t VALUES (" + std::to_string(first_id + i) + ", printf('%.1500c', '" + fill + "'));";
     }
-    sql += "COMMIT;";
-    return c.exec(sql);
+    return sql;
+}
+
+// One transaction of `rows` such rows.
+int insert_rows(connection& c, int first_id, int rows) {
+    return c.exec("BEGIN;" + insert_sql(first_id, rows, 'x') + "COMMIT;");
 }
 
 }  // namespace
@@ -96,11 +108,7 @@ TEST_CASE("a commit's WAL frames go out in a few writes and are visible to anoth
 
 TEST_CASE("a commit is in the file when COMMIT returns: it survives SIGKILL", "[ledger][vfs]") {
     temp_dir dir;
-    const auto path = dir.file("k.db");
-    {
-        connection setup(path, gathering_vfs_name());
-        make_wal_database(setup);
-    }
+    const auto path = new_database(dir, "k.db");
     int ready[2];
     REQUIRE(pipe(ready) == 0);
     const pid_t child = fork();
@@ -113,10 +121,7 @@ TEST_CASE("a commit is in the file when COMMIT returns: it survives SIGKILL", "[
         if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE, gathering_vfs_name()) != SQLITE_OK) _exit(2);
         // synchronous = NORMAL, as the ledger runs: no sync at COMMIT, so
         // only the VFS's own flush puts the frames in the file.
-        std::string sql = "PRAGMA synchronous = NORMAL; BEGIN;";
-        for (int i = 0; i < 10; ++i)
-            sql += "INSERT INTO t VALUES (" + std::to_string(500 + i) + ", printf('%.1500c', 'k'));";
-        sql += "COMMIT;";
+        const std::string sql = "PRAGMA synchronous = NORMAL; BEGIN;" + insert_sql(500, 10, 'k') + "COMMIT;";
         if (sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK) _exit(3);
         const char done = 'c';
         if (write(ready[1], &done, 1) != 1) _exit(4);
@@ -149,10 +154,7 @@ TEST_CASE("frames of a transaction that rolled back never land over a later comm
         // the WAL before it ends. Then it rolls back.
         REQUIRE(first.exec("PRAGMA cache_size = 4") == SQLITE_OK);
         const auto before = gathering_vfs_stats();
-        std::string sql = "BEGIN;";
-        for (int i = 0; i < 60; ++i)
-            sql += "INSERT INTO t VALUES (" + std::to_string(1000 + i) + ", printf('%.1500c', 'r'));";
-        REQUIRE(first.exec(sql) == SQLITE_OK);
+        REQUIRE(first.exec("BEGIN;" + insert_sql(1000, 60, 'r')) == SQLITE_OK);
         CHECK(gathering_vfs_stats().gathered_writes > before.gathered_writes);  // it did spill
         REQUIRE(first.exec("ROLLBACK") == SQLITE_OK);
 
@@ -187,11 +189,7 @@ TEST_CASE("WAL space is allocated ahead of the frames, the file's size unchanged
 
 TEST_CASE("a write the file cannot take fails the commit; it does not stop the process", "[ledger][vfs]") {
     temp_dir dir;
-    const auto path = dir.file("f.db");
-    {
-        connection setup(path, gathering_vfs_name());
-        make_wal_database(setup);
-    }
+    const auto path = new_database(dir, "f.db");
     const pid_t child = fork();
     REQUIRE(child >= 0);
     if (child == 0) {
@@ -204,11 +202,7 @@ TEST_CASE("a write the file cannot take fails the commit; it does not stop the p
         if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE, gathering_vfs_name()) != SQLITE_OK) _exit(3);
         sqlite3_exec(db, "PRAGMA synchronous = NORMAL", nullptr, nullptr, nullptr);
         for (int round = 0; round < 100; ++round) {
-            std::string sql = "BEGIN;";
-            for (int i = 0; i < 10; ++i) {
-                sql += "INSERT INTO t VALUES (" + std::to_string(10000 + round * 10 + i) + ", printf('%.1500c', 'f'));";
-            }
-            sql += "COMMIT;";
+            const std::string sql = "BEGIN;" + insert_sql(10000 + round * 10, 10, 'f') + "COMMIT;";
             const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr);
             if (rc != SQLITE_OK) {
                 sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);

@@ -18,16 +18,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-failures=0
-checks=0
-check() {  # check NAME CONDITION-EXIT-STATUS
-  checks=$((checks + 1))
-  if [ "$2" -eq 0 ]; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); fi
-}
-wait_for_line() {  # wait_for_line FILE PATTERN
-  for _ in $(seq 1 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-  echo "timed out waiting for '$2' in $1:"; cat "$1"; exit 1
-}
+source "$(dirname "$0")/../support/checks.sh"
 # Ids and timestamps differ between two calls; everything else must not.
 normalize() { sed -E 's/(gen|chatcmpl)-[A-Za-z0-9-]+/\1-ID/g; s/"created":[0-9]+/"created":0/g'; }
 strip_usage() { sed -E 's/,"usage":null//g; s/,"usage":\{[^{}]*(\{[^{}]*\}[^{}]*)*\}//g'; }
@@ -259,5 +250,4 @@ status="$(curl -s -o /dev/null -w '%{http_code}' -X POST "$tg/api/v1/users" -H "
 ! grep -q "$token" "$work/fresh.db"* ; check "the token itself is not in the database" $?
 kill -TERM "$tg_pid"; wait "$tg_pid"; tg_pid=""
 
-echo "raw wire: $((checks - failures)) of $checks checks passed"
-[ "$failures" -eq 0 ]
+finish "raw wire"

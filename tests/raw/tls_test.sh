@@ -17,16 +17,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-failures=0
-checks=0
-check() {
-  checks=$((checks + 1))
-  if [ "$2" -eq 0 ]; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); fi
-}
-wait_for_line() {
-  for _ in $(seq 1 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-  echo "timed out waiting for '$2' in $1:"; cat "$1"; exit 1
-}
+source "$(dirname "$0")/../support/checks.sh"
 free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
 
 # Two self-signed certificates: one naming 127.0.0.1, one naming another host.
@@ -87,5 +78,4 @@ run_tollgate wrong-name "https://127.0.0.1:$wrong_port/api/v1" "$work/wrong.pem"
 out="$(call "$tg")"
 [[ "$out" == *' 502' ]]; check "a trusted certificate for another host name is refused" $?
 
-echo "tls: $((checks - failures)) of $checks checks passed"
-[ "$failures" -eq 0 ]
+finish "tls"

@@ -1,7 +1,7 @@
 # Shell scaffolding the script tests share (source it): a scratch directory
-# removed at exit with every process started here, named checks counted,
-# and the mock upstream and tollgate started on loopback, each waited for
-# by the line it prints once it listens.
+# removed at exit with every process started here, named checks counted
+# (checks.sh), and the mock upstream and tollgate started on loopback, each
+# waited for by the line it prints once it listens.
 #
 #   source tests/support/stack.sh
 #   start_mock                          # sets mock (its base URL), mock_pid
@@ -16,23 +16,12 @@ work="$(mktemp -d)"
 mock_pid=""
 tg_pid=""
 admin="script-test-admin-token-0123456789"
-failures=0
-checks=0
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 cleanup() {
   for pid in $tg_pid $mock_pid; do kill "$pid" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
-
-check() {  # check NAME CONDITION-EXIT-STATUS
-  checks=$((checks + 1))
-  if [ "$2" -eq 0 ]; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); fi
-}
-
-wait_for_line() {  # wait_for_line FILE PATTERN
-  for _ in $(seq 1 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-  echo "timed out waiting for '$2' in $1:"; cat "$1"; exit 1
-}
 
 start_mock() {
   "$mock_bin" --listen 127.0.0.1:0 "$@" >"$work/mock.log" 2>&1 &
@@ -56,10 +45,4 @@ stop_tollgate() {
   kill -TERM "$tg_pid"
   wait "$tg_pid" 2>/dev/null || true
   tg_pid=""
-}
-
-finish() {
-  echo "$((checks - failures)) of $checks checks passed"
-  [ "$failures" -eq 0 ]
-  exit $?
 }

@@ -5,7 +5,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startStack, APIError, sum, pollUntil, sseData, rawPost, assertLedgerOk,
+  startStack, APIError, sum, pollUntil, sseData, rawPost, assertLedgerOk, readStream,
 } from './harness.mjs';
 import {
   usdToPico, numberToUsdText, expectedCharge, openrouterPricePico, litellmPricePico, mockPromptTokens,
@@ -136,13 +136,8 @@ describe('streamed chat', () => {
       { model: OR_PAID, messages, stream: true, max_tokens: completionTokens },
       { headers: { 'x-mock-delay-ms': '10' } },
     );
-    const contents = [];
-    const usages = [];
-    for await (const chunk of stream) {
-      const c = chunk.choices?.[0]?.delta?.content;
-      if (c) contents.push(c);
-      if (chunk.usage) usages.push(chunk.usage);
-    }
+    const { contents, usages, thrown } = await readStream(stream);
+    if (thrown) throw thrown;
     assert.deepEqual(contents, Array.from({ length: completionTokens }, (_, i) => `tok${i} `),
       `expected one content delta per token, got ${JSON.stringify(contents)}`);
     assert.equal(usages.length, 1, `expected exactly one usage chunk, got ${JSON.stringify(usages)}`);
@@ -283,16 +278,7 @@ describe('streams that fail upstream', () => {
       { model: OR_PAID, messages, stream: true, max_tokens: 16 },
       { headers: { 'x-mock-fault': 'midstream-error', 'x-mock-fault-after': '3' } },
     );
-    const contents = [];
-    let thrown;
-    try {
-      for await (const chunk of stream) {
-        const c = chunk.choices?.[0]?.delta?.content;
-        if (c) contents.push(c);
-      }
-    } catch (e) {
-      thrown = e;
-    }
+    const { contents, thrown } = await readStream(stream);
     assert.ok(thrown instanceof APIError, `expected the SDK to throw an APIError for the error chunk, got ${thrown}`);
     assert.match(String(thrown.message), /Provider returned error/, `expected the upstream's error message, got ${thrown.message}`);
     assert.deepEqual(contents, ['tok0 ', 'tok1 ', 'tok2 '], `expected the 3 chunks before the error, got ${JSON.stringify(contents)}`);
@@ -313,20 +299,8 @@ describe('streams that fail upstream', () => {
       { model: OR_PAID, messages, stream: true, max_tokens: 16 },
       { headers: { 'x-mock-fault': 'reset', 'x-mock-fault-after': '3' } },
     );
-    const contents = [];
-    let finished = false;
-    let usage;
-    let thrown;
-    try {
-      for await (const chunk of stream) {
-        const c = chunk.choices?.[0]?.delta?.content;
-        if (c) contents.push(c);
-        if (chunk.choices?.[0]?.finish_reason) finished = true;
-        if (chunk.usage) usage = chunk.usage;
-      }
-    } catch (e) {
-      thrown = e;
-    }
+    const { contents, finished, usages, thrown } = await readStream(stream);
+    const usage = usages.at(-1);
     assert.ok(thrown || (!finished && !usage),
       `reset: expected an error or a stream cut short (no finish_reason, no usage), got a complete stream ${JSON.stringify({ contents, usage })}`);
     assert.deepEqual(contents, ['tok0 ', 'tok1 ', 'tok2 '], `reset: expected the 3 chunks before the reset, got ${JSON.stringify(contents)}`);

@@ -6,7 +6,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startStack, APIError, rawPost, assertOpenAIError, assertLedgerOk, pollUntil, httpFetch, postEarlyAnswer,
+  startStack, APIError, rawPost, assertOpenAIError, assertLedgerOk, pollUntil, httpFetch, postEarlyAnswer, readStream,
 } from './harness.mjs';
 
 const FIRST_BYTE_MS = 1_000;
@@ -204,18 +204,8 @@ describe('upstream failures', () => {
       { model: OR_PAID, messages, stream: true, max_tokens: 16 },
       { headers: { 'x-mock-fault': 'stall', 'x-mock-fault-after': '3' } },
     );
-    const contents = [];
-    let thrown;
-    let usage;
-    try {
-      for await (const chunk of stream) {
-        const c = chunk.choices?.[0]?.delta?.content;
-        if (c) contents.push(c);
-        if (chunk.usage) usage = chunk.usage;
-      }
-    } catch (e) {
-      thrown = e;
-    }
+    const { contents, usages, thrown } = await readStream(stream);
+    const usage = usages.at(-1);
     // Reaching this line at all means tollgate gave up on the stalled
     // upstream (idle_ms); the chunks before the stall must have been relayed.
     assert.deepEqual(contents, ['tok0 ', 'tok1 ', 'tok2 '], `stall: expected the 3 chunks sent before the stall, got ${JSON.stringify(contents)}`);

@@ -389,6 +389,24 @@ export async function pollUntil(probe, { timeoutMs = 10_000, intervalMs = 50 } =
   }
 }
 
+// Reads an SDK chat stream to its end, or to the error that ends it: the
+// content deltas, every usage member, whether a finish_reason came, and what
+// was thrown (undefined when the stream ended normally).
+export async function readStream(stream) {
+  const out = { contents: [], usages: [], finished: false, thrown: undefined };
+  try {
+    for await (const chunk of stream) {
+      const c = chunk.choices?.[0]?.delta?.content;
+      if (c) out.contents.push(c);
+      if (chunk.choices?.[0]?.finish_reason) out.finished = true;
+      if (chunk.usage) out.usages.push(chunk.usage);
+    }
+  } catch (e) {
+    out.thrown = e;
+  }
+  return out;
+}
+
 // The text of an SSE body split into its data payloads (comments skipped).
 export function sseData(text) {
   const out = [];

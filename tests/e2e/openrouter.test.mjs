@@ -26,7 +26,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   startStack, httpFetch, ADMIN_TOKEN, TOLLGATE_BIN, APIError, assertLedgerOk, pollUntil, sum, documentChecker,
-  jsonOrUndefined, assertNotInClear,
+  jsonOrUndefined, assertNotInClear, readStream,
 } from './harness.mjs';
 import { usdToPico, numberToUsdText, divRoundHalfUp, PICO_PER_MICRO, expectedCharge } from './money.mjs';
 
@@ -977,18 +977,8 @@ describe('reconciliation of a call billed on an estimate (own stack: generations
     ).withResponse();
     const generationId = response.headers.get('x-generation-id');
     assert.match(generationId ?? '', /^gen-/, `expected the upstream's X-Generation-Id on the stream, got ${generationId}`);
-    const contents = [];
-    let usage;
-    try {
-      for await (const chunk of stream) {
-        const c = chunk.choices?.[0]?.delta?.content;
-        if (c) contents.push(c);
-        if (chunk.usage) usage = chunk.usage;
-      }
-    } catch {
-      // the reset: expected
-    }
-    assert.equal(usage, undefined, 'the broken stream reported usage');
+    const { contents, usages } = await readStream(stream);  // ends in the reset's error
+    assert.equal(usages.at(-1), undefined, 'the broken stream reported usage');
     assert.deepEqual(contents, ['tok0 ', 'tok1 ', 'tok2 '], `expected the 3 chunks before the reset, got ${JSON.stringify(contents)}`);
     const key = await lastUpstreamKey(rs);
     seenKeys.set(`r${user.id}`, key);

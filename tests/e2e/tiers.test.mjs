@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  startStack, httpFetch, ADMIN_TOKEN, assertLedgerOk, sum, jsonOrUndefined, assertNotInClear,
+  startStack, httpFetch, ADMIN_TOKEN, assertLedgerOk, sum, jsonOrUndefined, assertNotInClear, readStream,
 } from './harness.mjs';
 import {
   usdToPico, numberToUsdText, divRoundHalfUp, PICO_PER_MICRO, openrouterPricePico, mockPromptTokens,
@@ -378,13 +378,8 @@ describe('BYOK end to end (professional, OpenAI SDK)', () => {
       { model: OR_PAID, messages, stream: true, max_tokens: completionTokens },
       { headers: { 'x-mock-delay-ms': '5' } },
     );
-    const contents = [];
-    const usages = [];
-    for await (const chunk of stream) {
-      const c = chunk.choices?.[0]?.delta?.content;
-      if (c) contents.push(c);
-      if (chunk.usage) usages.push(chunk.usage);
-    }
+    const { contents, usages, thrown } = await readStream(stream);
+    if (thrown) throw thrown;
     assert.deepEqual(contents, Array.from({ length: completionTokens }, (_, i) => `tok${i} `),
       `expected one content delta per token, got ${JSON.stringify(contents)}`);
     assert.equal(usages.length, 1, `expected one usage chunk, got ${JSON.stringify(usages)}`);
